@@ -1,0 +1,189 @@
+"""Typed configuration: the pydantic models are the schema of trainerd.toml.
+
+A bad file refuses to start and lists every error at once, each with its key, what was
+found and what is allowed (litgpt-style), so one edit fixes them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    # A typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or 'all-linear'"
+    )
+
+
+class TrainConfig(_Section):
+    method: Literal["lora", "full"] = "lora"
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    lr_scheduler: Literal["constant", "cosine"] = Field(
+        "constant", description="per job, after warmup: constant, or cosine down to min_lr_ratio"
+    )
+    warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_seq_len: int = Field(1024, ge=8)
+    overlength: Literal["fail", "drop", "truncate"] = "fail"
+    packing: bool = Field(True, description="padding-free batches (flattened, per-example position ids)")
+    seed: int = 1234
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(200, ge=1)
+    every_minutes: float = Field(10.0, gt=0)
+    keep: int = Field(2, ge=1, description="valid checkpoints kept for the active job")
+
+
+class QueueConfig(_Section):
+    settle_seconds: float = Field(2.0, ge=0, description="an inbox file must be unchanged this long")
+    max_attempts: int = Field(3, ge=1)
+    # Per-item constraint (not a model validator) so its error is listed with all others.
+    backoff_seconds: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: [30.0, 120.0, 600.0])
+    max_file_mb: float = Field(4096, gt=0)
+    poll_seconds: float = Field(1.0, gt=0, le=60)
+
+    def backoff_after(self, failed_attempts: int) -> float:
+        if not self.backoff_seconds or failed_attempts <= 0:
+            return 0.0
+        return self.backoff_seconds[min(failed_attempts, len(self.backoff_seconds)) - 1]
+
+
+class DaemonConfig(_Section):
+    heartbeat_seconds: float = Field(2.0, gt=0, le=60)
+    stop_grace_seconds: float = Field(
+        600, gt=0, description="how long a warm stop waits for the worker's checkpoint"
+    )
+
+
+class Config(_Section):
+    base_model: str = Field(..., min_length=1, description="local directory or hub id")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+
+
+class ConfigError(Exception):
+    """Every problem with a config file, with keys and what is allowed; raised once."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{path}: {len(problems)} problem(s) in the config; trainerd will not start until "
+            f"they are fixed:\n{lines}"
+        )
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (typo?); remove it or check the documented keys"
+    if kind == "missing":
+        return f"{key}: required but missing"
+    found = err.get("input")
+    allowed = err.get("ctx", {}).get("expected")
+    msg = err["msg"]
+    if allowed:
+        return f"{key}: {found!r} is not allowed; expected {allowed}"
+    return f"{key}: {msg} (found {found!r})"
+
+
+def parse_config(data: dict, path: Path) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(path, [_describe(err) for err in e.errors()]) from None
+
+
+def load_config(path: Path) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found; create it with `trainerd init --base-dir DIR`"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, [f"not UTF-8 text at byte {e.start}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, [f"TOML syntax: {e}"]) from None
+    cfg = parse_config(data, path)
+    # A relative base_model that exists next to the config is resolved against it.
+    candidate = path.parent / cfg.base_model
+    if not Path(cfg.base_model).is_absolute() and candidate.exists():
+        cfg.base_model = str(candidate.resolve())
+    return cfg
+
+
+DEFAULT_TOML = """\
+# trainerd configuration. Every key is optional except base_model; the values shown are
+# the defaults. A bad key or value stops `trainerd run` with a list of every problem.
+
+# The model the line starts from: a local directory (config.json, tokenizer, weights) or a
+# Hugging Face hub id already in the local cache (trainerd runs with HF_HUB_OFFLINE=1).
+base_model = "{base_model}"
+
+[train]
+method = "lora"              # "lora" (adapter on the current model) or "full"
+learning_rate = {learning_rate}
+lr_scheduler = "constant"    # per job: warmup, then "constant" or "cosine" to min_lr_ratio
+warmup_steps = 10            # the LR never decays with the global step count across jobs
+min_lr_ratio = 0.1
+weight_decay = 0.0
+max_grad_norm = 1.0
+micro_batch_size = 8         # examples per micro-batch
+grad_accum = 1               # effective batch = micro_batch_size * grad_accum
+max_seq_len = 1024           # tokens per example
+overlength = "fail"          # what to do with longer examples: "fail", "drop", "truncate"
+packing = true               # padding-free batches; attention never crosses examples
+seed = 1234                  # data order of a job = f(seed, job id); resumes skip exactly
+threads = 0                  # CPU threads for torch; 0 = library default
+precision = "auto"           # "auto" (bf16 where supported), "fp32", "bf16", "fp16"
+gradient_checkpointing = false
+
+[train.lora]
+r = 16
+alpha = 32
+dropout = 0.0
+target_modules = "all-linear"   # or a list such as ["q_proj", "v_proj"]
+
+[checkpoint]
+every_steps = 200            # checkpoint every N optimizer steps ...
+every_minutes = 10           # ... or every T minutes, whichever comes first
+keep = 2                     # valid checkpoints kept for the active job
+
+[queue]
+settle_seconds = 2           # an inbox file must be unchanged this long before intake
+max_attempts = 3             # crashes, kills and data errors count; then jobs/failed/
+backoff_seconds = [30, 120, 600]   # wait before retry 1, 2, 3...
+max_file_mb = 4096           # larger inbox files are rejected
+poll_seconds = 1.0           # how often the daemon looks at inbox/control without inotify
+
+[daemon]
+heartbeat_seconds = 2        # run/status.json is rewritten at least this often
+stop_grace_seconds = 600     # a warm stop waits this long for the worker's checkpoint
+"""

@@ -1,0 +1,127 @@
+"""What a job is: its states, its metadata file (job.json), and the worker's exit contract.
+
+A job is a directory; its *state* is the folder it lives in (queued/<prio>, active, done,
+failed), never a field in job.json. job.json carries what does not change with the state:
+where the file came from and the history of attempts.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum, IntEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from trainerd import atomic
+
+JOB_JSON = "job.json"
+DATA = "data.jsonl"
+ERROR_JSON = "error.json"
+PROGRESS_JSON = "progress.json"
+WORKER_LOG = "worker.log"
+WORKER_ERROR = "worker-error.json"  # the worker's own account of why it failed
+METRICS = "metrics.jsonl"
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    ACTIVE = "active"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Priority(str, Enum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class ExitCode(IntEnum):
+    """The worker's exit status is its whole report to the supervisor (DESIGN.md)."""
+
+    FINISHED = 0  # epoch trained and published
+    STOPPED = 3  # asked to stop; a checkpoint was saved; resumable, not an attempt
+    DATA_ERROR = 4  # the file cannot be trained; not retryable
+    RESOURCE_ERROR = 5  # e.g. out of memory after every fallback; retryable
+    # anything else, a signal included, is a crash and counts as an attempt
+
+
+class Outcome(str, Enum):
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    DATA_ERROR = "data_error"
+    RESOURCE_ERROR = "resource_error"
+    CRASHED = "crashed"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"  # the daemon itself died while the attempt ran
+
+    @classmethod
+    def from_exit(cls, code: int) -> Outcome:
+        return {
+            ExitCode.FINISHED: cls.FINISHED,
+            ExitCode.STOPPED: cls.STOPPED,
+            ExitCode.DATA_ERROR: cls.DATA_ERROR,
+            ExitCode.RESOURCE_ERROR: cls.RESOURCE_ERROR,
+        }.get(code, cls.CRASHED)  # type: ignore[call-overload]
+
+    @property
+    def counts_as_attempt(self) -> bool:
+        """A stop the user asked for is not a failure; everything else that ended early is."""
+        return self not in (Outcome.FINISHED, Outcome.STOPPED)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    try:
+        return f"exit {code} ({ExitCode(code).name.lower()})"
+    except ValueError:
+        return f"exit {code}"
+
+
+class Attempt(BaseModel):
+    number: int
+    started_at: float
+    ended_at: float | None = None
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    pid: int | None = None
+    priority: Priority | None = None  # the queue folder it was claimed from
+
+
+class JobMeta(BaseModel):
+    id: str
+    original_name: str
+    source_folder: str | None = None  # inbox sub-folder the file came from, if any
+    sha256: str
+    size: int
+    examples: int
+    priority: Priority = Priority.NORMAL  # as submitted; the folder is the truth
+    submitted_at: float = Field(default_factory=time.time)
+    seed: int = 0
+    attempts: list[Attempt] = Field(default_factory=list)
+    history: list[dict[str, Any]] = Field(default_factory=list)  # requeues, skips, notes
+    not_before: float = 0.0  # back-off: not claimed before this time
+    examples_done: int = 0
+    steps_done: int = 0
+
+    @property
+    def failed_attempts(self) -> int:
+        return sum(1 for a in self.attempts if a.outcome is not None and a.outcome.counts_as_attempt)
+
+    @classmethod
+    def load(cls, job_dir: Path) -> JobMeta:
+        return cls.model_validate(atomic.read_json(Path(job_dir) / JOB_JSON))
+
+    def save(self, job_dir: Path) -> None:
+        atomic.write_json(Path(job_dir) / JOB_JSON, self.model_dump(mode="json"))

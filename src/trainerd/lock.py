@@ -1,0 +1,105 @@
+"""Single instance: a kernel flock on run/trainerd.lock (DESIGN.md principle 7).
+
+The lock, not a PID file, answers "is a daemon running?": the kernel drops it when the
+holder dies however it dies, so a stale file from a dead process never blocks a start.
+The pid and start time inside the file are for people.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+@dataclass
+class Holder:
+    pid: int | None
+    started_at: float | None
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at)) if self.started_at else "?"
+        return f"pid {self.pid if self.pid is not None else '?'} since {since}"
+
+
+def _read_holder(path: Path) -> Holder:
+    try:
+        info = json.loads(path.read_text() or "{}")
+        return Holder(info.get("pid"), info.get("started_at"))
+    except (OSError, ValueError):
+        return Holder(None, None)
+
+
+class DaemonLock:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, retry_seconds: float = 0.5) -> None:
+        """Take the lock or raise AlreadyRunning naming the holder.
+
+        Retries briefly because `is_held` (used by `trainerd status`) takes the lock for a
+        few microseconds to probe it; a start must not fail on that probe.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    holder = _read_holder(self.path)
+                    raise AlreadyRunning(
+                        f"trainerd is already running on this base dir ({holder.describe()}); "
+                        f"stop it with `trainerd stop` or use another --base-dir"
+                    ) from None
+                time.sleep(0.02)
+        self._fd = fd
+        info = json.dumps({"pid": os.getpid(), "started_at": time.time()}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info, 0)
+        os.fsync(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> DaemonLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def holder(path: Path) -> Holder | None:
+    """The live holder of the lock, or None when no daemon holds it."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        # A shared probe: fails only while a daemon holds the exclusive lock.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return _read_holder(path)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    return None

@@ -1,0 +1,592 @@
+"""The job queue: ingest, claim, finish, fail, release, recover — renames only.
+
+This module is the only one that moves job directories (DESIGN.md seams). A job's state
+is the folder it is in; each transition is one rename inside the base dir. Anything that
+edits a job.json outside the daemon (the CLI's move/requeue) first renames the job into a
+private staging folder under jobs/.incoming/ and holds a flock on it, so the daemon can
+never claim a job while someone else is rewriting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainerd import atomic, validate
+from trainerd.config import QueueConfig
+from trainerd.jobs import (
+    DATA,
+    ERROR_JSON,
+    JOB_JSON,
+    METRICS,
+    PROGRESS_JSON,
+    WORKER_ERROR,
+    WORKER_LOG,
+    Attempt,
+    JobMeta,
+    JobState,
+    Outcome,
+    Priority,
+)
+from trainerd.paths import PRIORITIES, Layout
+
+log = logging.getLogger("trainerd.queue")
+
+NOT_DELIVERED_SUFFIXES = (".part", ".tmp")
+REJECTED_MARK = ".rejected.json"
+ORIGINAL = "original"  # a rejected non-file inbox entry (symlink, FIFO, folder) is kept under this name
+
+EventSink = Callable[..., None]
+
+
+class QueueError(Exception):
+    """A queue operation that cannot be done, with what to do instead."""
+
+
+@dataclass(frozen=True)
+class JobRef:
+    id: str
+    state: JobState
+    path: Path
+    priority: Priority | None = None  # for queued jobs: the folder it is in
+
+    def meta(self) -> JobMeta:
+        return JobMeta.load(self.path)
+
+
+def _slug(name: str) -> str:
+    stem = name[:-6] if name.endswith(".jsonl") else name
+    return (re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "job")[:40]
+
+
+class _HashingReader:
+    """Feeds the validator and sha256 from one pass over the file."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._f:
+            self.sha.update(line)
+            self.size += len(line)
+            yield line
+
+
+def _hash_and_validate(path: Path) -> tuple[validate.Report, str, int]:
+    with open(path, "rb") as f:
+        reader = _HashingReader(f)
+        report = validate.validate_stream(reader, str(path))
+    return report, reader.sha.hexdigest(), reader.size
+
+
+class Queue:
+    def __init__(self, layout: Layout, cfg: QueueConfig, on_event: EventSink | None = None):
+        self.layout = layout
+        self.cfg = cfg
+        self._on_event = on_event
+        self._last_id_us = 0
+        self._rejected_in_place: set[tuple[str, int, int]] = set()
+
+    # ----------------------------------------------------------------- helpers
+    def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(kind, job_id, **data)
+            except Exception:  # history must never break the queue
+                log.exception("could not record event %s for %s", kind, job_id)
+
+    def _all_state_dirs(self) -> list[tuple[JobState, Priority | None, Path]]:
+        out: list[tuple[JobState, Priority | None, Path]] = [
+            (JobState.QUEUED, Priority(p), self.layout.queued(p)) for p in PRIORITIES
+        ]
+        out += [
+            (JobState.ACTIVE, None, self.layout.active),
+            (JobState.DONE, None, self.layout.done),
+            (JobState.FAILED, None, self.layout.failed),
+        ]
+        return out
+
+    def _exists_anywhere(self, job_id: str) -> bool:
+        return (self.layout.incoming / job_id).exists() or any(
+            (d / job_id).exists() for _s, _p, d in self._all_state_dirs()
+        )
+
+    def new_job_id(self, name: str, now: float | None = None) -> str:
+        """Sortable by arrival (microsecond clock) and unique across every state folder."""
+        us = int((now if now is not None else time.time()) * 1_000_000)
+        us = max(us, self._last_id_us + 1)
+        while True:
+            t, frac = divmod(us, 1_000_000)
+            job_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(t))}-{frac:06d}-{_slug(name)}"
+            if not self._exists_anywhere(job_id):
+                self._last_id_us = us
+                return job_id
+            us += 1
+
+    @contextlib.contextmanager
+    def _staging(self, job_id: str, create: bool = True) -> Iterator[Path]:
+        """A private folder jobs/.incoming/<id>, flocked for as long as we work in it.
+
+        Lock-then-verify: whoever recovers abandoned staging folders takes the same lock,
+        so a folder that exists and is locked is somebody's work in progress.
+        """
+        d = self.layout.incoming / job_id
+        if create:
+            d.mkdir(parents=True)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield d
+        finally:
+            os.close(fd)
+
+    def find(self, job_id: str) -> JobRef:
+        for state, prio, d in self._all_state_dirs():
+            if (d / job_id).is_dir():
+                return JobRef(job_id, state, d / job_id, prio)
+        raise QueueError(f"no job with id {job_id!r}; `trainerd queue list --state all` shows the ids")
+
+    def list(self, state: JobState | None = None) -> list[JobRef]:
+        refs = []
+        for st, prio, d in self._all_state_dirs():
+            if state is not None and st != state:
+                continue
+            try:
+                names = sorted(os.listdir(d))
+            except FileNotFoundError:
+                continue
+            refs += [JobRef(n, st, d / n, prio) for n in names if not n.startswith(".")]
+        return refs
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for st, prio, d in self._all_state_dirs():
+            try:
+                n = sum(1 for x in os.listdir(d) if not x.startswith("."))
+            except FileNotFoundError:
+                n = 0
+            key = f"queued_{prio.value}" if prio else st.value
+            out[key] = n
+        out["queued"] = sum(out[f"queued_{p}"] for p in PRIORITIES)
+        return out
+
+    # ----------------------------------------------------------------- intake
+    def submit(
+        self,
+        src: Path,
+        priority: Priority = Priority.NORMAL,
+        *,
+        move: bool = False,
+        original_name: str | None = None,
+        source_folder: str | None = None,
+        now: float | None = None,
+    ) -> JobRef:
+        """Make a job of `src`: queued if it validates, else failed with the reason.
+
+        `move=True` renames the file in (inbox intake); otherwise it is copied atomically
+        and the user's file is left untouched.
+        """
+        src = Path(src)
+        name = original_name or src.name
+        job_id = self.new_job_id(name, now)
+        with self._staging(job_id) as stage:
+            if move:
+                os.rename(src, stage / DATA)
+            else:
+                part = stage / (".data.jsonl" + NOT_DELIVERED_SUFFIXES[0])
+                with open(src, "rb") as fin, open(part, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                    fout.flush()
+                    os.fsync(fout.fileno())
+                os.rename(part, stage / DATA)
+            atomic.fsync_dir(stage)
+            return self._finish_staged(stage, job_id, name, priority, source_folder)
+
+    def _finish_staged(
+        self, stage: Path, job_id: str, name: str, priority: Priority, source_folder: str | None
+    ) -> JobRef:
+        report, sha, size = _hash_and_validate(stage / DATA)
+        meta = JobMeta(
+            id=job_id, original_name=name, source_folder=source_folder, sha256=sha, size=size,
+            examples=report.examples, priority=priority, seed=int(sha[:8], 16),
+        )
+        meta.save(stage)
+        if report.ok:
+            dest = self.layout.queued(priority.value) / job_id
+            atomic.rename(stage, dest)
+            self._event("queued", job_id, name=name, priority=priority.value, examples=report.examples)
+            return JobRef(job_id, JobState.QUEUED, dest, priority)
+        atomic.write_json(stage / ERROR_JSON, {
+            "reason": f"{name}: {report.reason()}",
+            "stage": "validation",
+            "errors": [{"line": e.line, "reason": e.reason} for e in report.errors],
+            "error_count": report.error_count,
+            "at": time.time(),
+        })
+        dest = self.layout.failed / job_id
+        atomic.rename(stage, dest)
+        self._event("rejected", job_id, name=name, reason=report.reason())
+        return JobRef(job_id, JobState.FAILED, dest)
+
+    def _reject_entry(self, path: Path, reason: str, source_folder: str | None) -> JobRef | None:
+        """Move a bad inbox entry (not followed, not read) into failed/ with the reason."""
+        job_id = self.new_job_id(path.name)
+        try:
+            with self._staging(job_id) as stage:
+                os.rename(path, stage / ORIGINAL)
+                JobMeta(id=job_id, original_name=path.name, source_folder=source_folder,
+                        sha256="", size=0, examples=0).save(stage)
+                atomic.write_json(stage / ERROR_JSON, {
+                    "reason": f"{path.name}: {reason}", "stage": "intake", "at": time.time(),
+                })
+                atomic.rename(stage, self.layout.failed / job_id)
+        except OSError as e:
+            # Cannot move it (e.g. a read-only or foreign inbox): leave a note beside it.
+            with contextlib.suppress(OSError):
+                (self.layout.incoming / job_id).rmdir()
+            self._mark_in_place(path, f"{reason} (and it could not be moved to jobs/failed/: {e.strerror})")
+            return None
+        self._event("rejected", job_id, name=path.name, reason=reason)
+        log.warning("rejected inbox entry %s: %s", path, reason)
+        return JobRef(job_id, JobState.FAILED, self.layout.failed / job_id)
+
+    def _mark_in_place(self, path: Path, reason: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key in self._rejected_in_place:
+            return
+        self._rejected_in_place.add(key)
+        log.warning("rejected inbox entry %s in place: %s", path, reason)
+        with contextlib.suppress(OSError):
+            atomic.write_json(path.with_name(path.name + REJECTED_MARK),
+                              {"reason": reason, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+    def _inbox_entries(self) -> Iterator[tuple[Path, str | None]]:
+        """(path, source_folder) for every delivered-looking inbox entry, oldest first."""
+        def delivered(name: str) -> bool:
+            return not (name.startswith(".") or name.endswith(NOT_DELIVERED_SUFFIXES)
+                        or name.endswith(REJECTED_MARK))
+
+        def scan(d: Path) -> list[os.DirEntry]:
+            try:
+                return [e for e in os.scandir(d) if delivered(e.name)]
+            except OSError:
+                return []
+
+        out: list[tuple[float, str, Path, str | None]] = []
+        for e in scan(self.layout.inbox):
+            if e.is_dir(follow_symlinks=False) and not e.name.endswith(".jsonl"):
+                for sub in scan(Path(e.path)):  # one level of sub-folders, name kept
+                    out.append((sub.stat(follow_symlinks=False).st_mtime, sub.name, Path(sub.path), e.name))
+            else:
+                out.append((e.stat(follow_symlinks=False).st_mtime, e.name, Path(e.path), None))
+        for _m, _n, p, folder in sorted(out, key=lambda t: (t[0], t[1])):
+            yield p, folder
+
+    def ingest(self, now: float | None = None) -> list[JobRef]:
+        """Take every delivered, settled inbox entry; never raises for one bad entry."""
+        now = time.time() if now is None else now
+        taken: list[JobRef] = []
+        for path, folder in self._inbox_entries():
+            try:
+                ref = self._ingest_one(path, folder, now)
+            except FileNotFoundError:
+                continue  # vanished between scan and intake (the user took it back)
+            except OSError as e:
+                self._mark_in_place(path, f"cannot take it in: {e.strerror or e}")
+                continue
+            if ref is not None:
+                taken.append(ref)
+        return taken
+
+    def _told_in_place(self, path: Path, st: os.stat_result) -> bool:
+        """Rejected in place already: the user fixes it by replacing the file."""
+        return (str(path), st.st_size, st.st_mtime_ns) in self._rejected_in_place or \
+            path.with_name(path.name + REJECTED_MARK).exists()
+
+    def pending_inbox(self) -> int:
+        """Inbox entries not yet taken in (e.g. still settling), excluding rejected ones."""
+        n = 0
+        for path, _folder in self._inbox_entries():
+            with contextlib.suppress(OSError):
+                if not self._told_in_place(path, os.lstat(path)):
+                    n += 1
+        return n
+
+    def _ingest_one(self, path: Path, folder: str | None, now: float) -> JobRef | None:
+        st = os.lstat(path)
+        if self._told_in_place(path, st):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return self._reject_entry(path, "a symlink; trainerd does not follow links in the inbox. "
+                                      "Copy the file in, or deliver it with `trainerd queue add`", folder)
+        if stat.S_ISDIR(st.st_mode):
+            return self._reject_entry(path, "a folder named like a data file; put .jsonl files in it instead", folder)
+        if not stat.S_ISREG(st.st_mode):
+            return self._reject_entry(path, "not a regular file (FIFO, socket or device)", folder)
+        if now - st.st_mtime < self.cfg.settle_seconds:
+            return None  # still being written, or just delivered: wait for it to settle
+        if not path.name.endswith(".jsonl"):
+            return self._reject_entry(path, "only .jsonl files are trained (one JSON example per line)", folder)
+        if st.st_size > self.cfg.max_file_mb * 1024 * 1024:
+            return self._reject_entry(
+                path, f"{st.st_size / 2**20:.0f} MB is over queue.max_file_mb = {self.cfg.max_file_mb:g}; "
+                "split the file or raise the limit", folder)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            os.close(fd)
+        except PermissionError:
+            return self._reject_entry(path, "permission denied: trainerd cannot read it; "
+                                      "fix its permissions and drop it again", folder)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return self._reject_entry(path, "a symlink; not followed", folder)
+            raise
+        ref = self.submit(path, move=True, original_name=path.name, source_folder=folder, now=st.st_mtime)
+        log.info("%s: %s as %s", path.name, "queued" if ref.state == JobState.QUEUED else "rejected", ref.id)
+        return ref
+
+    # ----------------------------------------------------------------- daemon transitions
+    def claim(self, now: float | None = None) -> JobRef | None:
+        """The job to run next: one left active by a crash first, then high, normal, low,
+        FIFO by arrival within each, skipping those still in back-off."""
+        now = time.time() if now is None else now
+        active = self.list(JobState.ACTIVE)
+        if active:
+            return active[0]
+        for prio in PRIORITIES:
+            for ref in self.list(JobState.QUEUED):
+                if ref.priority != Priority(prio):
+                    continue
+                try:
+                    if ref.meta().not_before > now:
+                        continue
+                    dest = self.layout.active / ref.id
+                    atomic.rename(ref.path, dest)
+                except FileNotFoundError:
+                    continue  # moved or removed by the CLI a moment ago
+                self._event("claimed", ref.id, priority=prio)
+                return JobRef(ref.id, JobState.ACTIVE, dest)
+        return None
+
+    def next_wakeup(self) -> float | None:
+        """Earliest time a backed-off queued job becomes claimable (None if nothing waits)."""
+        times = []
+        for ref in self.list(JobState.QUEUED):
+            with contextlib.suppress(Exception):
+                times.append(ref.meta().not_before)
+        return min(times) if times else None
+
+    def finish(self, ref: JobRef) -> JobRef:
+        dest = self.layout.done / ref.id
+        atomic.rename(ref.path, dest)
+        self._event("done", ref.id)
+        return JobRef(ref.id, JobState.DONE, dest)
+
+    def fail(self, ref: JobRef, reason: str, **detail: Any) -> JobRef:
+        atomic.write_json(ref.path / ERROR_JSON, {"reason": reason, "at": time.time(), **detail})
+        dest = self.layout.failed / ref.id
+        atomic.rename(ref.path, dest)
+        self._event("failed", ref.id, reason=reason)
+        return JobRef(ref.id, JobState.FAILED, dest)
+
+    def release(self, ref: JobRef, meta: JobMeta, not_before: float = 0.0) -> JobRef:
+        """Active -> queued (a retry after back-off), into the folder it was claimed from."""
+        prio = meta.attempts[-1].priority if meta.attempts and meta.attempts[-1].priority else meta.priority
+        meta.not_before = not_before
+        meta.save(ref.path)
+        dest = self.layout.queued(Priority(prio).value) / ref.id
+        atomic.rename(ref.path, dest)
+        self._event("retry_scheduled", ref.id, not_before=not_before)
+        return JobRef(ref.id, JobState.QUEUED, dest, Priority(prio))
+
+    def record_attempt_end(self, ref: JobRef, outcome: Outcome, exit_code: int | None,
+                           error: str | None) -> JobMeta:
+        meta = ref.meta()
+        if meta.attempts and meta.attempts[-1].ended_at is None:
+            a = meta.attempts[-1]
+            a.ended_at, a.outcome, a.exit_code, a.error = time.time(), outcome, exit_code, error
+        meta.save(ref.path)
+        self._event("attempt_end", ref.id, outcome=outcome.value, exit_code=exit_code, error=error)
+        return meta
+
+    def record_attempt_start(self, ref: JobRef, pid: int | None, priority: Priority) -> JobMeta:
+        meta = ref.meta()
+        meta.attempts.append(Attempt(number=len(meta.attempts) + 1, started_at=time.time(),
+                                     pid=pid, priority=priority))
+        meta.save(ref.path)
+        self._event("attempt_start", ref.id, number=len(meta.attempts), pid=pid)
+        return meta
+
+    def recover(self) -> list[str]:
+        """At start-up: finish or undo half-done intakes, and account for attempts that
+        were running when the daemon died. Returns what it did, for the log."""
+        notes: list[str] = []
+        for d in sorted(self.layout.incoming.glob("*")):
+            notes += self._recover_staging(d)
+        for ref in self.list(JobState.ACTIVE):
+            try:
+                meta = ref.meta()
+            except Exception as e:
+                notes.append(f"{ref.id}: job.json unreadable ({e}); left in active/ for inspection")
+                continue
+            if meta.attempts and meta.attempts[-1].ended_at is None:
+                a = meta.attempts[-1]
+                a.ended_at, a.outcome = time.time(), Outcome.INTERRUPTED
+                a.error = "the daemon stopped while this attempt ran (crash, kill -9 or power loss)"
+                meta.save(ref.path)
+                self._event("attempt_end", ref.id, outcome=a.outcome.value, error=a.error)
+                notes.append(f"{ref.id}: attempt {a.number} was interrupted; it will be resumed first")
+        return notes
+
+    def _recover_staging(self, d: Path) -> list[str]:
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []  # somebody is working in it right now
+            if not d.exists():
+                return []
+            job_id = d.name
+            if (d / DATA).is_file():
+                if (d / JOB_JSON).is_file():
+                    meta = JobMeta.load(d)
+                    name, prio, folder = meta.original_name, meta.priority, meta.source_folder
+                else:
+                    name, prio, folder = job_id.split("-", 2)[-1] + ".jsonl", Priority.NORMAL, None
+                if (d / ERROR_JSON).is_file():
+                    atomic.rename(d, self.layout.failed / job_id)
+                    return [f"{job_id}: finished an interrupted rejection"]
+                self._finish_staged(d, job_id, name, prio, folder)
+                return [f"{job_id}: finished an interrupted intake"]
+            if (d / ORIGINAL).exists() or os.path.lexists(d / ORIGINAL):
+                atomic.rename(d, self.layout.failed / job_id)
+                return [f"{job_id}: finished an interrupted rejection"]
+            leftovers = [p.name for p in d.iterdir()]
+            if all(n.startswith(".") and n.endswith(NOT_DELIVERED_SUFFIXES) for n in leftovers):
+                # An interrupted copy by `queue add`: the user's original was never touched.
+                shutil.rmtree(d)
+                return [f"{job_id}: removed an interrupted copy ({', '.join(leftovers) or 'empty'}); "
+                        "the source file was not modified"]
+            return [f"{job_id}: unexpected files {leftovers} in jobs/.incoming/; left for inspection"]
+        finally:
+            os.close(fd)
+
+    # ----------------------------------------------------------------- user operations
+    @contextlib.contextmanager
+    def _restage(self, ref: JobRef) -> Iterator[Path]:
+        """Rename a job into private staging for an edit; FileNotFoundError if the daemon
+        claimed it first. If the edit fails, the job goes back where it was."""
+        stage = self.layout.incoming / ref.id
+        stage.mkdir(parents=True)
+        # Lock the empty placeholder first, then rename the job onto it: rename() replaces
+        # an empty directory atomically, so nobody ever sees the job unlocked in staging.
+        with self._staging(ref.id, create=False) as d:
+            try:
+                os.rename(ref.path, d)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    stage.rmdir()
+                raise
+            try:
+                yield d
+            except BaseException:
+                if d.exists():
+                    atomic.rename(d, ref.path)
+                raise
+
+    def move(self, job_id: str, priority: Priority) -> JobRef:
+        ref = self.find(job_id)
+        if ref.state != JobState.QUEUED:
+            raise QueueError(f"{job_id} is {ref.state.value}; only queued jobs change priority")
+        try:
+            with self._restage(ref) as stage:
+                meta = JobMeta.load(stage)
+                meta.priority = priority
+                meta.history.append({"at": time.time(), "event": "priority", "to": priority.value})
+                meta.save(stage)
+                dest = self.layout.queued(priority.value) / job_id
+                atomic.rename(stage, dest)
+        except FileNotFoundError:
+            raise QueueError(f"{job_id} was claimed by the daemon a moment ago; it is training now") from None
+        self._event("moved", job_id, priority=priority.value)
+        return JobRef(job_id, JobState.QUEUED, dest, priority)
+
+    def remove(self, job_id: str) -> None:
+        ref = self.find(job_id)
+        if ref.state == JobState.ACTIVE:
+            raise QueueError(f"{job_id} is training right now; use `trainerd skip` to stop it first")
+        try:
+            with self._restage(ref) as stage:
+                shutil.rmtree(stage)
+        except FileNotFoundError:
+            raise QueueError(f"{job_id} changed state a moment ago; look again with `trainerd queue list`") from None
+        self._event("removed", job_id, from_state=ref.state.value)
+
+    def requeue(self, job_id: str, priority: Priority | None = None) -> JobRef:
+        ref = self.find(job_id)
+        if ref.state not in (JobState.FAILED, JobState.DONE):
+            raise QueueError(f"{job_id} is {ref.state.value}; only failed or done jobs can be requeued")
+        if not (ref.path / DATA).is_file() or (ref.path / DATA).is_symlink():
+            raise QueueError(f"{job_id} has no data file to train (it was rejected at intake); "
+                             "deliver a corrected file instead")
+        with self._restage(ref) as stage:
+            meta = JobMeta.load(stage)
+            report, _sha, _size = _hash_and_validate(stage / DATA)
+            prio = priority or meta.priority
+            meta.history.append({"at": time.time(), "event": "requeued", "from": ref.state.value,
+                                 "previous_attempts": [a.model_dump(mode="json") for a in meta.attempts],
+                                 "previous_error": _read_reason(stage)})
+            meta.attempts, meta.not_before, meta.priority = [], 0.0, prio
+            meta.examples_done = meta.steps_done = 0
+            meta.examples = report.examples
+            if not report.ok:
+                raise QueueError(f"{job_id} still does not validate: {report.reason()}")
+            meta.save(stage)
+            _archive_run(stage)
+            dest = self.layout.queued(prio.value) / job_id
+            atomic.rename(stage, dest)
+        self._event("requeued", job_id, from_state=ref.state.value)
+        return JobRef(job_id, JobState.QUEUED, dest, prio)
+
+
+RUN_FILES = (ERROR_JSON, PROGRESS_JSON, METRICS, WORKER_LOG, WORKER_ERROR)
+
+
+def _archive_run(job_dir: Path) -> None:
+    """Keep a previous run's record under history/<time>/ so the new run starts clean."""
+    present = [n for n in RUN_FILES if (job_dir / n).exists()]
+    if not present:
+        return
+    dest = job_dir / "history" / time.strftime("%Y%m%dT%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in present:
+        os.rename(job_dir / n, dest / n)
+
+
+def _read_reason(job_dir: Path) -> str | None:
+    try:
+        return atomic.read_json(job_dir / ERROR_JSON).get("reason")
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,117 @@
+"""What `trainerd status` (and later the HTTP server) reports, read from disk only.
+
+Truth is derived (DESIGN.md principle 7): "running" comes from the kernel lock, the
+heartbeat in run/status.json tells whether the live daemon still responds, and progress
+comes from the active job's own progress.json. No torch import anywhere on this path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trainerd import atomic, control, lock
+from trainerd.config import QueueConfig
+from trainerd.jobs import ERROR_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState
+from trainerd.paths import Layout
+from trainerd.queue import JobRef, Queue
+
+STALE_HEARTBEATS = 5  # "not responding" after this many missed heartbeats
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return atomic.read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def loss_curve(job_dir: Path) -> list[float]:
+    out: list[float] = []
+    try:
+        with open(job_dir / METRICS) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash mid-write
+                if row.get("loss") is not None:
+                    out.append(float(row["loss"]))
+    except OSError:
+        pass
+    return out
+
+
+def current_model(layout: Layout) -> dict[str, Any]:
+    link = layout.current_model
+    if not os.path.lexists(link):
+        return {"version": "base"}
+    name = os.readlink(link)
+    man = _read(layout.models / name / atomic.MANIFEST) or {}
+    return {"version": name, "kind": man.get("kind"), "parent": man.get("parent"),
+            "jobs": [j.get("id") for j in man.get("jobs", [])]}
+
+
+def job_summary(ref: JobRef) -> dict[str, Any]:
+    try:
+        meta = JobMeta.load(ref.path)
+    except (OSError, ValueError):
+        return {"id": ref.id, "state": ref.state.value, "error": "job.json unreadable"}
+    curve = loss_curve(ref.path)
+    out: dict[str, Any] = {
+        "id": ref.id, "state": ref.state.value, "name": meta.original_name,
+        "priority": (ref.priority or meta.priority).value, "examples": meta.examples,
+        "attempts": len(meta.attempts), "submitted_at": meta.submitted_at,
+        "examples_done": meta.examples_done, "steps_done": meta.steps_done,
+        "first_loss": curve[0] if curve else None, "last_loss": curve[-1] if curve else None,
+    }
+    if ref.state == JobState.FAILED:
+        err = _read(ref.path / ERROR_JSON) or {}
+        out["reason"] = err.get("reason")
+    if ref.state == JobState.ACTIVE:
+        out["progress"] = _read(ref.path / PROGRESS_JSON)
+    return out
+
+
+def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
+    holder = lock.holder(layout.lock)
+    st = _read(layout.status) if holder else None
+    now = time.time()
+    daemon: dict[str, Any] = {"running": holder is not None}
+    if holder is not None:
+        daemon.update(pid=holder.pid, since=holder.started_at)
+        if st is not None:
+            age = now - float(st.get("heartbeat_at", 0))
+            interval = float(st.get("heartbeat_seconds", 2))
+            daemon.update(state=st.get("state"), heartbeat_age=age,
+                          responding=age <= STALE_HEARTBEATS * max(interval, 1.0),
+                          loop_errors=st.get("loop_errors"))
+    wish = control.read_wish(layout)
+    q = Queue(layout, QueueConfig())  # listing needs no settings; a bad config must not hide status
+    done = q.list(JobState.DONE)[-recent:]
+    failed = q.list(JobState.FAILED)[-recent:]
+    return {
+        "base_dir": str(layout.base),
+        "daemon": daemon,
+        "desired": {"state": wish.state.value, "reason": wish.reason},
+        "queue": q.counts(),
+        "active": [job_summary(r) for r in q.list(JobState.ACTIVE)],
+        "queued": [job_summary(r) for r in q.list(JobState.QUEUED)][:recent],
+        "done": [job_summary(r) for r in done],
+        "failed": [job_summary(r) for r in failed],
+        "model": current_model(layout),
+    }
+
+
+
+def model_versions(layout: Layout) -> list[dict[str, Any]]:
+    names = [n for n in os.listdir(layout.models) if n[:1] == "v" and n[1:].isdigit()] \
+        if layout.models.is_dir() else []
+    out = []
+    for n in sorted(names, key=lambda n: int(n[1:])):
+        man = _read(layout.models / n / atomic.MANIFEST) or {"kind": "?", "broken": True}
+        out.append({"version": n, **{k: v for k, v in man.items() if k != "files"}})
+    return out

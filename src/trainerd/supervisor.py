@@ -1,0 +1,408 @@
+"""The daemon: one loop that converges the world to the user's wishes.
+
+It holds the lock, takes in the inbox, claims jobs, runs each training attempt in a
+worker process, records what happened, and writes a heartbeat. It never imports torch:
+a worker that crashes, runs out of memory or segfaults is a job event here, never a
+daemon crash. Signal handlers only set flags; the loop acts on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainerd import atomic, control
+from trainerd.config import Config, load_config
+from trainerd.control import Desired
+from trainerd.jobs import (
+    METRICS,
+    PROGRESS_JSON,
+    WORKER_ERROR,
+    WORKER_LOG,
+    JobMeta,
+    Outcome,
+    Priority,
+    describe_exit,
+)
+from trainerd.ledger import Ledger
+from trainerd.lock import DaemonLock
+from trainerd.paths import Layout
+from trainerd.queue import JobRef, Queue
+
+log = logging.getLogger("trainerd.supervisor")
+
+LOG_TAIL_BYTES = 4000
+
+
+def log_tail(path: Path, nbytes: int = LOG_TAIL_BYTES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - nbytes))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def worker_failure_reason(job_dir: Path, exit_code: int | None) -> str:
+    """The worker's own account (worker-error.json) if it wrote one, else its log tail."""
+    how = describe_exit(exit_code)
+    try:
+        err = atomic.read_json(job_dir / WORKER_ERROR)
+        return f"worker {how}: {err.get('message', '').strip()}"
+    except (OSError, ValueError):
+        pass
+    tail = log_tail(job_dir / WORKER_LOG, 1500)
+    last = tail.splitlines()[-8:] if tail else []
+    return f"worker {how}" + (": ..." + "\n".join(last) if last else " with no output")
+
+
+@dataclass
+class Running:
+    """One live attempt."""
+
+    ref: JobRef
+    proc: subprocess.Popen
+    attempt: int
+    started: float = field(default_factory=time.monotonic)
+    stop_sent_at: float | None = None
+    stop_reason: str | None = None
+    skip: control.Skip | None = None
+
+
+class Supervisor:
+    def __init__(self, layout: Layout, cfg: Config, *, once: bool = False,
+                 worker_cmd: list[str] | None = None):
+        self.layout = layout
+        self.cfg = cfg
+        self.once = once
+        # The worker command is fixed so a test or a wrapper (torchrun) can prefix it.
+        self.worker_cmd = worker_cmd or [sys.executable, "-m", "trainerd.worker"]
+        self.lock = DaemonLock(layout.lock)
+        self.ledger: Ledger | None = None
+        self.queue = Queue(layout, cfg.queue, on_event=self._event)
+        self.running: Running | None = None
+        self.signals = 0
+        self.reload_requested = False
+        self.wake = threading.Event()
+        self.started_at = time.time()
+        self.loop_errors = 0
+        self.last_error: str | None = None
+        self.state = "starting"
+        self._last_status = 0.0
+        self._observer: Any = None
+
+    # ------------------------------------------------------------ plumbing
+    def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
+        if self.ledger is not None:
+            try:
+                self.ledger.event(kind, job_id, **data)
+            except Exception as e:  # state.db is history: never let it stop training
+                log.warning("state.db: could not record %s (%s)", kind, e)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # Flags only (rq/huey): the loop does the work, outside the handler.
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.signals += 1
+        self.wake.set()
+
+    def _install_signals(self) -> None:
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, self._on_signal)
+
+    def _watch_inbox(self) -> None:
+        """inotify through watchdog wakes the loop early; polling stays the fallback."""
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return
+        wake = self.wake
+
+        class _Wake(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        try:
+            obs = Observer()
+            obs.schedule(_Wake(), str(self.layout.inbox), recursive=True)
+            obs.daemon = True
+            obs.start()
+            self._observer = obs
+        except Exception as e:  # e.g. inotify watch limit reached: polling still works
+            log.warning("inbox watching unavailable (%s); polling every %.1fs", e, self.cfg.queue.poll_seconds)
+
+    # ------------------------------------------------------------ lifecycle
+    def run(self) -> int:
+        """Run until stopped. Returns the process exit status (0 for a clean stop)."""
+        self.layout.ensure()
+        self.lock.acquire()  # AlreadyRunning propagates to the CLI
+        try:
+            self._install_signals()
+            try:
+                self.ledger = Ledger(self.layout.state_db)
+            except Exception as e:
+                log.warning("state.db unavailable (%s); history will not be recorded", e)
+            wish = control.read_wish(self.layout)
+            if wish.state == Desired.STOPPED:
+                # Starting the daemon is itself the wish to run; a pause is kept (and said).
+                control.set_wish(self.layout, Desired.RUNNING, "trainerd run")
+                control.consume_stop_file(self.layout)
+            elif wish.state == Desired.PAUSED:
+                log.warning("starting paused (%s); `trainerd resume` to train", wish.reason or "paused by user")
+            for note in self.queue.recover():
+                log.warning("recovery: %s", note)
+            self._event("daemon_start", pid=os.getpid())
+            self._watch_inbox()
+            log.info("trainerd running on %s (pid %d)", self.layout.base, os.getpid())
+            return self._loop()
+        finally:
+            if self._observer is not None:
+                with contextlib.suppress(Exception):
+                    self._observer.stop()
+            self.state = "stopped"
+            with contextlib.suppress(Exception):
+                self._write_status(force=True)
+            self._event("daemon_stop")
+            if self.ledger is not None:
+                self.ledger.close()
+            self.lock.release()
+
+    def _loop(self) -> int:
+        while True:
+            try:
+                if self._tick():
+                    return 0
+                self.loop_errors = 0
+            except Exception:
+                # The loop survives its own bugs (fix #4 of the original daemon), with a
+                # back-off so a persistent error does not spin.
+                self.loop_errors += 1
+                self.last_error = traceback.format_exc()
+                log.error("main loop error (%d in a row):\n%s", self.loop_errors, self.last_error)
+                self._event("loop_error", error=self.last_error[-2000:])
+                time.sleep(min(30.0, 0.5 * 2 ** min(self.loop_errors, 6)))
+            self.wake.wait(self._sleep_time())
+            self.wake.clear()
+
+    def _sleep_time(self) -> float:
+        # Faster while a worker runs, so a pause or stop reaches it within a step.
+        return min(self.cfg.queue.poll_seconds, 0.2 if self.running else self.cfg.queue.poll_seconds)
+
+    # ------------------------------------------------------------ one tick
+    def _tick(self) -> bool:
+        """One pass. Returns True when the daemon should exit."""
+        if self.reload_requested:
+            self._reload()
+        wish = control.read_wish(self.layout)
+        warm, cold = self.signals >= 1, self.signals >= 2
+
+        self.queue.ingest()
+
+        if self.running is not None:
+            self._watch_worker(wish, warm, cold)
+        if self.running is None:
+            skip = control.read_skip(self.layout)
+            if skip is not None:
+                self._apply_idle_skip(skip)
+            if warm or wish.state == Desired.STOPPED:
+                if wish.state == Desired.STOPPED:
+                    control.consume_stop_file(self.layout)
+                log.info("stopping: %s", "signal" if warm else (wish.reason or "stop requested"))
+                return True
+            if wish.state == Desired.PAUSED:
+                self.state = "paused"
+            else:
+                ref = self.queue.claim()
+                if ref is not None:
+                    self._spawn(ref)
+                elif self.once and self._idle():
+                    log.info("queue empty; exiting (--once)")
+                    return True
+                else:
+                    self.state = "idle"
+        self._write_status()
+        return False
+
+    def _idle(self) -> bool:
+        c = self.queue.counts()
+        return c["queued"] == 0 and c["active"] == 0 and self.queue.pending_inbox() == 0
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        try:
+            new = load_config(self.layout.config)
+        except Exception as e:
+            log.error("SIGHUP: config not reloaded, the running config stays: %s", e)
+            return
+        restart_keys = [k for k in ("base_model",) if getattr(new, k) != getattr(self.cfg, k)]
+        self.cfg = new
+        self.queue.cfg = new.queue
+        log.info("SIGHUP: config reloaded; [train] and [checkpoint] apply from the next attempt")
+        if restart_keys:
+            log.warning("SIGHUP: %s changed; it applies to the next job's model load", ", ".join(restart_keys))
+
+    # ------------------------------------------------------------ workers
+    def _spawn(self, ref: JobRef) -> None:
+        prio = self._claimed_priority(ref)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ref.path / WORKER_ERROR)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        meta = self.queue.record_attempt_start(ref, None, prio)
+        attempt = meta.attempts[-1].number
+        with open(ref.path / WORKER_LOG, "ab") as log_f:
+            log_f.write(f"\n=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+            log_f.flush()
+            proc = subprocess.Popen(
+                [*self.worker_cmd, str(ref.path), "--base-dir", str(self.layout.base)],
+                stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, env=env,
+                # Own session: a terminal's Ctrl+C reaches only the daemon, which decides.
+                start_new_session=True,
+            )
+        meta.attempts[-1].pid = proc.pid
+        meta.save(ref.path)
+        self.running = Running(ref, proc, attempt)
+        self.state = "training"
+        log.info("%s: attempt %d started (worker pid %d)", ref.id, attempt, proc.pid)
+
+    def _claimed_priority(self, ref: JobRef) -> Priority:
+        meta = ref.meta()
+        if meta.attempts and meta.attempts[-1].priority:
+            return meta.attempts[-1].priority
+        return meta.priority
+
+    def _watch_worker(self, wish: control.Wish, warm: bool, cold: bool) -> None:
+        r = self.running
+        assert r is not None
+        rc = r.proc.poll()
+        if rc is None:
+            skip = control.read_skip(self.layout)
+            if skip is not None and skip.job_id == r.ref.id:
+                r.skip = skip
+            why = ("cold stop" if cold else "stop signal" if warm else
+                   wish.state.value if wish.state != Desired.RUNNING else
+                   "skip" if r.skip else None)
+            if cold:
+                log.warning("%s: second signal, killing the worker (cold stop)", r.ref.id)
+                r.proc.kill()
+                r.stop_reason = "cold stop"
+            elif why and r.stop_sent_at is None:
+                log.info("%s: asking the worker to checkpoint and stop (%s)", r.ref.id, why)
+                r.proc.send_signal(signal.SIGTERM)
+                r.stop_sent_at, r.stop_reason = time.monotonic(), why
+            elif r.stop_sent_at and time.monotonic() - r.stop_sent_at > self.cfg.daemon.stop_grace_seconds:
+                log.error("%s: worker did not stop within %.0fs; killing it", r.ref.id,
+                          self.cfg.daemon.stop_grace_seconds)
+                r.proc.kill()
+            return
+        self._attempt_ended(r, rc)
+
+    def _attempt_ended(self, r: Running, rc: int) -> None:
+        self.running = None
+        outcome = Outcome.from_exit(rc)
+        error = None
+        if r.stop_reason == "cold stop" and outcome != Outcome.FINISHED:
+            outcome, error = Outcome.STOPPED, "cold stop: worker killed without a checkpoint"
+        elif outcome not in (Outcome.FINISHED, Outcome.STOPPED):
+            error = worker_failure_reason(r.ref.path, rc)
+        meta = self.queue.record_attempt_end(r.ref, outcome, rc, error)
+        self._absorb_progress(r, meta)
+        log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(rc))
+
+        if outcome == Outcome.FINISHED:
+            if r.skip is not None:
+                control.clear_skip(self.layout)  # it finished first; the skip has no target left
+            self.queue.finish(r.ref)
+            return
+        if r.skip is not None:
+            control.clear_skip(self.layout)
+            meta.history.append({"at": time.time(), "event": "skipped", "reason": r.skip.reason})
+            meta.save(r.ref.path)
+            self.queue.fail(r.ref, "skipped by user" + (f": {r.skip.reason}" if r.skip.reason else ""),
+                            stage="skip", resumable=True)
+            return
+        if outcome == Outcome.STOPPED:
+            return  # stays in active/ with its checkpoint; resumed first next time
+        if outcome == Outcome.DATA_ERROR:
+            self.queue.fail(r.ref, error or "data error", stage="training", attempts=len(meta.attempts))
+            return
+        failed = meta.failed_attempts
+        if failed >= self.cfg.queue.max_attempts:
+            self.queue.fail(r.ref, f"gave up after {failed} failed attempt(s); last: {error}",
+                            stage="training", attempts=len(meta.attempts))
+        else:
+            delay = self.cfg.queue.backoff_after(failed)
+            log.warning("%s: attempt failed (%s); retry %d/%d in %.0fs", r.ref.id, error,
+                        failed, self.cfg.queue.max_attempts - 1, delay)
+            self.queue.release(r.ref, meta, time.time() + delay)
+
+    def _absorb_progress(self, r: Running, meta: JobMeta) -> None:
+        """Copy the worker's last progress into job.json and its metrics into state.db."""
+        try:
+            p = atomic.read_json(r.ref.path / PROGRESS_JSON)
+            meta.examples_done = int(p.get("examples_done", meta.examples_done))
+            meta.steps_done = int(p.get("step", meta.steps_done))
+            meta.save(r.ref.path)
+        except (OSError, ValueError):
+            pass
+        if self.ledger is None:
+            return
+        try:
+            rows = [json.loads(line) for line in (r.ref.path / METRICS).read_text().splitlines() if line.strip()]
+            rows = [x for x in rows if x.get("attempt") == r.attempt and "step" in x]
+            self.ledger.metrics(r.ref.id, r.attempt, rows)
+        except (OSError, ValueError) as e:
+            log.debug("metrics not recorded for %s: %s", r.ref.id, e)
+
+    def _apply_idle_skip(self, skip: control.Skip) -> None:
+        """A skip for a job sitting in active/ with no worker (paused or stopped)."""
+        for ref in self.queue.list():
+            if ref.id == skip.job_id and ref.state.value == "active":
+                self.queue.fail(ref, "skipped by user" + (f": {skip.reason}" if skip.reason else ""),
+                                stage="skip", resumable=True)
+                break
+        control.clear_skip(self.layout)  # a skip never outlives its job's activity
+
+    # ------------------------------------------------------------ status
+    def _write_status(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_status < self.cfg.daemon.heartbeat_seconds:
+            return
+        self._last_status = now
+        wish = control.read_wish(self.layout)
+        status: dict[str, Any] = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "heartbeat_at": now,
+            "heartbeat_seconds": self.cfg.daemon.heartbeat_seconds,
+            "state": self.state,
+            "desired": wish.state.value,
+            "desired_reason": wish.reason,
+            "queue": self.queue.counts(),
+            "loop_errors": self.loop_errors,
+            "last_error": (self.last_error or "")[-1000:] or None,
+            "job": None,
+        }
+        if self.running is not None:
+            status["job"] = {"id": self.running.ref.id, "attempt": self.running.attempt,
+                             "pid": self.running.proc.pid, "stopping": self.running.stop_reason}
+        atomic.write_json(self.layout.status, status)
+
+
+def run_daemon(base_dir: Path, *, once: bool = False) -> int:
+    layout = Layout.at(base_dir)
+    cfg = load_config(layout.config)
+    return Supervisor(layout, cfg, once=once).run()

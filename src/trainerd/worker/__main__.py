@@ -1,0 +1,3 @@
+from trainerd.worker.main import main
+
+raise SystemExit(main())

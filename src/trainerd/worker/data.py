@@ -1,0 +1,205 @@
+"""From data.jsonl to training rows: render, mask, tokenize once, cache, order by seed.
+
+Labels come from the tokenizer's chat template: with `{% generation %}` markers the
+template itself marks assistant tokens; without them, each assistant turn is located by
+rendering the conversation up to it (prefix diff), never by searching for a role string.
+The tokenized job is cached in the job dir (complete or invisible, with a manifest), so a
+resumed attempt neither re-reads nor re-tokenizes; Trainer's sampler-level batch skipping
+then starts exactly at the first untrained example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainerd import atomic
+from trainerd.config import TrainConfig
+from trainerd.jobs import DATA
+from trainerd.validate import MAX_ERRORS, example_format, iter_lines
+
+log = logging.getLogger("trainerd.worker.data")
+
+CACHE = "tokens"
+IGNORE = -100
+
+
+class DataError(Exception):
+    """The file cannot be trained as it is; says which lines and why (not retryable)."""
+
+
+@dataclass
+class Tokenized:
+    input_ids: np.ndarray  # int32, all examples concatenated
+    trainable: np.ndarray  # uint8, 1 where the token is a training target
+    offsets: np.ndarray  # int64, n + 1 boundaries into input_ids
+    lines: np.ndarray  # int32, source line of each example (for messages that cite lines)
+    dropped: int = 0
+    truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _render_ids(tokenizer: Any, msgs: list[dict], **kw: Any) -> list[int]:
+    return list(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, **kw)["input_ids"])
+
+
+def tokenize_example(obj: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(input_ids, trainable mask) of one validated example."""
+    if "messages" in obj:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]
+        template = tokenizer.chat_template or ""
+        if "{% generation %}" in template or "{%- generation %}" in template:
+            out = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
+            return list(out["input_ids"]), [int(x) for x in out["assistant_masks"]]
+        return _mask_by_prefix(msgs, tokenizer)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if "prompt" in obj:
+        p = tokenizer(obj["prompt"], add_special_tokens=False)["input_ids"]
+        c = tokenizer(obj["completion"], add_special_tokens=False)["input_ids"] + eos
+        return p + c, [0] * len(p) + [1] * len(c)
+    t = tokenizer(obj["text"], add_special_tokens=False)["input_ids"] + eos
+    return t, [1] * len(t)
+
+
+def _mask_by_prefix(msgs: list[dict], tokenizer: Any) -> tuple[list[int], list[int]]:
+    full = _render_ids(tokenizer, msgs)
+    mask = [0] * len(full)
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        before = _render_ids(tokenizer, msgs[:i], add_generation_prompt=True) if i else \
+            _render_ids(tokenizer, [], add_generation_prompt=True)
+        upto = _render_ids(tokenizer, msgs[: i + 1])
+        if upto[: len(before)] != before or full[: len(upto)] != upto:
+            raise DataError(
+                "the model's chat template renders a conversation differently from its prefixes, "
+                "so assistant tokens cannot be located; use a template with {% generation %} markers"
+            )
+        for j in range(len(before), len(upto)):
+            mask[j] = 1
+    return full, mask
+
+
+def fingerprint(tokenizer: Any, cfg: TrainConfig, data_sha: str) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    h.update((tokenizer.chat_template or "").encode())
+    h.update(f"{cfg.max_seq_len}|{cfg.overlength}|{data_sha}".encode())
+    return h.hexdigest()
+
+
+def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
+    ids: list[int] = []
+    mask: list[int] = []
+    offsets = [0]
+    lines: list[int] = []
+    too_long: list[str] = []
+    n_too_long = dropped = truncated = 0
+    with open(path, "rb") as f:
+        for n, raw in iter_lines(f):
+            if not raw.strip():
+                continue
+            obj = json.loads(raw.decode("utf-8"))
+            fmt, reason = example_format(obj)
+            if fmt is None:  # validated at intake; a changed file is still caught here
+                raise DataError(f"line {n}: {reason}")
+            x, m = tokenize_example(obj, tokenizer)
+            if not any(m):
+                raise DataError(f"line {n}: no trainable tokens after rendering with the chat template")
+            if len(x) > cfg.max_seq_len:
+                n_too_long += 1
+                if cfg.overlength == "fail":
+                    if len(too_long) < MAX_ERRORS:
+                        too_long.append(f"line {n} ({len(x)} tokens)")
+                    continue
+                if cfg.overlength == "drop":
+                    dropped += 1
+                    continue
+                x, m = x[: cfg.max_seq_len], m[: cfg.max_seq_len]
+                if not any(m):
+                    dropped += 1
+                    continue
+                truncated += 1
+            ids += x
+            mask += m
+            offsets.append(len(ids))
+            lines.append(n)
+    if too_long:
+        more = f" and {n_too_long - len(too_long)} more" if n_too_long > len(too_long) else ""
+        raise DataError(
+            f"{n_too_long} example(s) longer than train.max_seq_len = {cfg.max_seq_len} tokens: "
+            f"{', '.join(too_long)}{more}. Shorten them, raise max_seq_len, or set "
+            "train.overlength = \"drop\" or \"truncate\""
+        )
+    if len(lines) == 0:
+        raise DataError("no trainable examples are left (all were dropped as over-length)")
+    return Tokenized(np.asarray(ids, np.int32), np.asarray(mask, np.uint8), np.asarray(offsets, np.int64),
+                     np.asarray(lines, np.int32), dropped, truncated)
+
+
+def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str) -> Tokenized:
+    """Tokenize the job once; later attempts load the verified cache."""
+    cache = job_dir / CACHE
+    fp = fingerprint(tokenizer, cfg, data_sha)
+    try:
+        man = atomic.verify_manifest(cache)
+        if man.get("fingerprint") == fp:
+            arrays = {k: np.load(cache / f"{k}.npy") for k in ("input_ids", "trainable", "offsets", "lines")}
+            return Tokenized(**arrays, dropped=man["dropped"], truncated=man["truncated"])
+        log.info("tokenized cache is for another tokenizer or config; rebuilding")
+    except atomic.ManifestError:
+        pass
+    tok = tokenize_file(job_dir / DATA, tokenizer, cfg)
+    tmp = job_dir / (atomic.TMP_PREFIX + CACHE)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for k in ("input_ids", "trainable", "offsets", "lines"):
+        np.save(tmp / f"{k}.npy", getattr(tok, k))
+    atomic.write_manifest(tmp, {"fingerprint": fp, "dropped": tok.dropped, "truncated": tok.truncated,
+                                "examples": len(tok)})
+    shutil.rmtree(cache, ignore_errors=True)
+    atomic.rename(tmp, cache)
+    return tok
+
+
+def data_order(n: int, seed: int) -> np.ndarray:
+    """The job's fixed data order: a permutation from its seed, identical on every attempt."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+class JobDataset(torch.utils.data.Dataset):
+    """Examples in the job's order; item k is built only when a batch asks for it."""
+
+    def __init__(self, tok: Tokenized, order: np.ndarray):
+        self.tok = tok
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> dict[str, list[int]]:
+        i = int(self.order[k])
+        s, e = int(self.tok.offsets[i]), int(self.tok.offsets[i + 1])
+        ids = self.tok.input_ids[s:e]
+        labels = np.where(self.tok.trainable[s:e] == 1, ids, IGNORE)
+        return {"input_ids": ids.tolist(), "labels": labels.tolist()}
+
+    def tokens_before(self) -> np.ndarray:
+        """Cumulative real tokens in training order: tokens_before()[k] = tokens of items < k."""
+        lengths = self.tok.lengths()[self.order]
+        return np.concatenate([[0], np.cumsum(lengths)])

@@ -1,0 +1,114 @@
+"""`python -m trainerd.worker JOB_DIR [--base-dir BASE]`: one attempt of one job.
+
+The exit status is the whole report (trainerd.jobs.ExitCode); worker-error.json adds the
+reason a person reads. SIGTERM/SIGINT ask for a warm stop: finish the optimizer step,
+checkpoint, exit STOPPED. The worker dies with its supervisor (PR_SET_PDEATHSIG), so an
+orphan can never train on beside a restarted daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from trainerd import atomic
+from trainerd.jobs import WORKER_ERROR, ExitCode
+from trainerd.paths import Layout
+
+log = logging.getLogger("trainerd.worker")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: the supervisor's recovery still handles orphans by the job lock
+
+
+def _lock_job(job_dir: Path, timeout: float = 60.0) -> int:
+    """One worker per job dir, even if an orphan from a killed daemon is still exiting."""
+    fd = os.open(job_dir / ".worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"another worker still holds {job_dir}/.worker.lock") from None
+            time.sleep(0.5)
+
+
+def _report(job_dir: Path, kind: str, message: str, tb: str | None = None) -> None:
+    try:
+        atomic.write_json(job_dir / WORKER_ERROR, {"kind": kind, "message": message,
+                                                   "traceback": tb, "at": time.time()})
+    except OSError:
+        pass
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    try:
+        import torch
+
+        return isinstance(e, torch.cuda.OutOfMemoryError)
+    except Exception:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainerd.worker")
+    ap.add_argument("job_dir", type=Path)
+    ap.add_argument("--base-dir", type=Path, default=None)
+    args = ap.parse_args(argv)
+    job_dir = args.job_dir.resolve()
+    layout = Layout.at(args.base_dir or job_dir.parents[2])
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _die_with_parent()
+
+    from trainerd.worker.train import StopFlag
+
+    stop = StopFlag()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set(signal.Signals(signum).name)  # a flag only; the step boundary acts on it
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        _lock_job(job_dir)
+        from trainerd.worker.data import DataError
+        from trainerd.worker.train import run_job
+
+        try:
+            return int(run_job(job_dir, layout, stop))
+        except DataError as e:
+            log.error("data error: %s", e)
+            _report(job_dir, "data_error", str(e))
+            return int(ExitCode.DATA_ERROR)
+    except Exception as e:
+        tb = traceback.format_exc()
+        log.error("worker failed:\n%s", tb)
+        if _is_oom(e):
+            _report(job_dir, "resource_error", f"out of memory: {e}", tb)
+            return int(ExitCode.RESOURCE_ERROR)
+        _report(job_dir, "crash", f"{type(e).__name__}: {e}", tb)
+        return 1

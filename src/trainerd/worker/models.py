@@ -1,0 +1,153 @@
+"""The model line: resolve the current model, load it for training, publish a new version.
+
+models/vNNNN/ is a version (adapter or full weights + tokenizer + manifest written last);
+models/current is a symlink swapped atomically, so a reader sees the old model or the new
+one, never a mix. An adapter version records the full weights it applies to (`base`),
+which stays the configured base_model until a consolidation makes a new full version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainerd import __version__, atomic
+from trainerd.config import Config, TrainConfig
+from trainerd.jobs import JobMeta
+from trainerd.paths import Layout
+
+log = logging.getLogger("trainerd.worker.models")
+
+
+@dataclass
+class ModelRef:
+    version: str  # "base" or "vNNNN"
+    kind: str  # "base", "adapter" or "full"
+    base: str  # where the full weights live (local dir or hub id)
+    path: Path | None = None  # the version dir (None for the configured base)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer_source(self) -> str:
+        return str(self.path) if self.path is not None else self.base
+
+
+def _version_number(name: str) -> int | None:
+    if len(name) == 5 and name[0] == "v" and name[1:].isdigit():
+        return int(name[1:])
+    return None
+
+
+def versions(layout: Layout) -> list[str]:
+    """Version names in numeric order (v0010 after v0009, never by string accident)."""
+    names = [n for n in os.listdir(layout.models) if _version_number(n) is not None] \
+        if layout.models.is_dir() else []
+    return sorted(names, key=lambda n: _version_number(n) or 0)
+
+
+def current(layout: Layout, cfg: Config) -> ModelRef:
+    link = layout.current_model
+    if not os.path.lexists(link):
+        return ModelRef("base", "base", cfg.base_model)
+    name = os.readlink(link)
+    path = layout.models / name
+    manifest = atomic.verify_manifest(path, check_hashes=False)
+    kind = manifest["kind"]
+    base = str(path) if kind == "full" else manifest["base"]
+    return ModelRef(name, kind, base, path, manifest)
+
+
+def set_current(layout: Layout, name: str) -> None:
+    tmp = layout.models / f".current-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(name, tmp)
+    os.replace(tmp, layout.current_model)
+    atomic.fsync_dir(layout.models)
+
+
+def published_version(layout: Layout, cfg: Config, meta: JobMeta) -> str | None:
+    """The current version if it already contains this job: a worker that published and
+    then died before exiting must not train the same examples into the line twice."""
+    ref = current(layout, cfg)
+    since = max([h.get("at", 0.0) for h in meta.history if h.get("event") == "requeued"] or [0.0])
+    for j in ref.manifest.get("jobs", []):
+        if j.get("id") == meta.id and ref.manifest.get("created_at", 0) > since:
+            return ref.version
+    return None
+
+
+def torch_dtype(cfg: TrainConfig):
+    import torch
+
+    if cfg.precision == "fp32":
+        return torch.float32
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if cfg.precision == "fp16":
+        return torch.float16
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(ref: ModelRef):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ref.tokenizer_source)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_for_training(ref: ModelRef, cfg: TrainConfig):
+    """The current model, ready to train: the line's adapter made trainable, a fresh LoRA
+    on a full model, or (method = full) the full weights with any adapter merged in."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch_dtype(cfg))
+    model.config.use_cache = False  # required by padding-free batches; useless in training
+    if cfg.method == "lora":
+        if ref.kind == "adapter":
+            return PeftModel.from_pretrained(model, str(ref.path), is_trainable=True)
+        lora = LoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+    if ref.kind == "adapter":
+        return PeftModel.from_pretrained(model, str(ref.path)).merge_and_unload()
+    return model
+
+
+def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
+            extra: dict[str, Any] | None = None) -> str:
+    """Write the trained weights as the next version and make it current, atomically."""
+    existing = versions(layout)
+    name = f"v{(_version_number(existing[-1]) or 0) + 1 if existing else 1:04d}"
+    tmp = layout.models / f"{atomic.TMP_PREFIX}{name}-{meta.id}"
+    shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from a crash mid-publish
+    is_adapter = hasattr(model, "peft_config")
+    model.save_pretrained(tmp)  # adapter weights only for a PEFT model; safetensors
+    tokenizer.save_pretrained(tmp)
+    jobs = [{"id": meta.id, "name": meta.original_name, "examples": meta.examples}]
+    atomic.write_manifest(tmp, {
+        "version": name,
+        "parent": parent.version,
+        "kind": "adapter" if is_adapter else "full",
+        "base": parent.base if is_adapter else None,
+        "jobs": jobs,
+        "created_at": time.time(),
+        "trainerd_version": __version__,
+        **(extra or {}),
+    })
+    atomic.rename(tmp, layout.models / name)
+    set_current(layout, name)
+    log.info("published %s (parent %s)", name, parent.version)
+    return name

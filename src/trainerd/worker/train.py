@@ -1,0 +1,278 @@
+"""The recipe: one attempt of one job, in the order it happens (torchtune-style).
+
+resolve current model -> tokenize (or load the cache) -> load weights -> pick the newest
+valid checkpoint -> train the rest of the epoch with HF Trainer -> publish -> clean up.
+Components are plain objects; the callbacks below only observe the loop and flip
+Trainer's control flags (save now, stop now).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trainerd import __version__, atomic
+from trainerd.config import Config, load_config
+from trainerd.jobs import METRICS, PROGRESS_JSON, ExitCode, JobMeta
+from trainerd.paths import Layout
+from trainerd.worker import checkpoints, models
+from trainerd.worker.data import JobDataset, data_order, prepare
+
+log = logging.getLogger("trainerd.worker.train")
+
+
+class StopFlag:
+    """Set from a signal handler; read at every optimizer-step boundary."""
+
+    def __init__(self) -> None:
+        self._ev = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str = "") -> None:
+        self.reason = self.reason or reason
+        self._ev.set()
+
+    def __bool__(self) -> bool:
+        return self._ev.is_set()
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _callbacks():
+    from transformers import TrainerCallback
+
+    class Control(TrainerCallback):
+        """Stop at a step boundary with a checkpoint; also save every T minutes."""
+
+        def __init__(self, stop: StopFlag, every_minutes: float):
+            self.stop, self.every = stop, every_minutes * 60
+            self.last_save = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.stop:
+                control.should_save = True
+                control.should_training_stop = True
+            elif time.monotonic() - self.last_save >= self.every:
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, **kw):
+            self.last_save = time.monotonic()
+
+    class Commit(TrainerCallback):
+        """Turn Trainer's plain checkpoint-N folder into a committed, verifiable one."""
+
+        def __init__(self, job_dir: Path, meta: dict[str, Any], progress: Progress, keep: int):
+            self.job_dir, self.meta, self.progress, self.keep = job_dir, meta, progress, keep
+
+        def on_save(self, args, state, control, **kw):
+            if not state.is_world_process_zero:
+                return
+            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            t0 = time.monotonic()
+            dest = checkpoints.commit(self.job_dir, saved, {
+                **self.meta, "step": state.global_step,
+                "examples_done": self.progress.examples_done(state.global_step),
+                "saved_at": time.time(),
+            })
+            checkpoints.prune(self.job_dir, self.keep)
+            self.progress.checkpoint(dest.name, time.monotonic() - t0)
+
+    class Progress(TrainerCallback):
+        """progress.json (rewritten atomically) and metrics.jsonl, for status and history."""
+
+        def __init__(self, job_dir: Path, attempt: int, ds: JobDataset, per_step: int):
+            self.job_dir, self.attempt, self.per_step = job_dir, attempt, per_step
+            self.n = len(ds)
+            self.tokens_before = ds.tokens_before()
+            self.t0 = time.monotonic()
+            self.start_tokens: int | None = None
+            self.last: dict[str, Any] = {}
+            self.last_ckpt: dict[str, Any] = {}
+
+        def examples_done(self, step: int) -> int:
+            return min(self.n, step * self.per_step)
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start_tokens = int(self.tokens_before[self.examples_done(state.global_step)])
+            self.t0 = time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            loss = logs.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLoss(f"loss became {loss} at step {state.global_step}")
+            if not state.is_world_process_zero or "loss" not in logs:
+                return
+            done = self.examples_done(state.global_step)
+            tokens = int(self.tokens_before[done])
+            elapsed = max(1e-9, time.monotonic() - self.t0)
+            row = {
+                "attempt": self.attempt, "step": state.global_step, "ts": time.time(),
+                "loss": loss, "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                "examples_done": done, "tokens_done": tokens,
+                "tokens_per_s": (tokens - (self.start_tokens or 0)) / elapsed,
+            }
+            with open(self.job_dir / METRICS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.last = row
+            self._write(state)
+
+        def checkpoint(self, name: str, seconds: float) -> None:
+            self.last_ckpt = {"last_checkpoint": name, "last_checkpoint_at": time.time(),
+                              "last_checkpoint_seconds": seconds}
+
+        def _write(self, state) -> None:
+            try:
+                import psutil
+
+                rss = psutil.Process().memory_info().rss
+            except Exception:
+                rss = None
+            atomic.write_json(self.job_dir / PROGRESS_JSON, {
+                **self.last, **self.last_ckpt, "max_steps": state.max_steps,
+                "examples_total": self.n, "rss_bytes": rss, "gpu_bytes": _gpu_bytes(),
+                "pid": os.getpid(), "updated_at": time.time(),
+            })
+
+    return Control, Commit, Progress
+
+
+def _gpu_bytes() -> int | None:
+    import torch
+
+    return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
+
+
+def _job_trainer():
+    import torch
+    from transformers import Trainer
+
+    class JobTrainer(Trainer):
+        """Trainer that keeps the job's own data order (the dataset is already permuted by
+        the job seed), so resume skipping lands on exactly the untrained examples."""
+
+        def _get_train_sampler(self, *args: Any, **kwargs: Any):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    return JobTrainer
+
+
+def training_arguments(cfg: Config, output_dir: Path, seed: int):
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    cuda = torch.cuda.is_available()
+    dtype = models.torch_dtype(t)
+    sched = "constant_with_warmup" if t.lr_scheduler == "constant" else "cosine_with_min_lr"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=1,
+        per_device_train_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        # Per job: warmup, then constant or cosine to a floor *within this job*. A new job
+        # gets a new schedule, so the LR never decays with the global step across jobs.
+        lr_scheduler_type=sched,
+        lr_scheduler_kwargs={} if sched == "constant_with_warmup" else {"min_lr_rate": t.min_lr_ratio},
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=cfg.checkpoint.every_steps,
+        save_total_limit=None,  # retention is ours (only committed checkpoints count)
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        bf16=dtype == torch.bfloat16 and cuda,
+        fp16=dtype == torch.float16 and cuda,
+        gradient_checkpointing=t.gradient_checkpointing,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        ddp_find_unused_parameters=False,
+    )
+
+
+def collator(cfg: Config, tokenizer: Any):
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if cfg.train.packing:
+        # Padding-free: one row per micro-batch, position ids restart at every example,
+        # so attention and loss never cross example boundaries.
+        return DataCollatorWithFlattening(return_position_ids=True)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+
+
+def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
+    import torch
+
+    cfg = load_config(layout.config)
+    meta = JobMeta.load(job_dir)
+    attempt = len(meta.attempts) or 1
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    done_as = models.published_version(layout, cfg, meta)
+    if done_as is not None:
+        log.info("%s is already published as %s (the last attempt died after publishing)", meta.id, done_as)
+        checkpoints.clear(job_dir)
+        return ExitCode.FINISHED
+
+    parent = models.current(layout, cfg)
+    tokenizer = models.load_tokenizer(parent)
+    tok = prepare(job_dir, tokenizer, cfg.train, meta.sha256)
+    seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
+    ds = JobDataset(tok, data_order(len(tok), seed))
+    log.info("%s: %d examples (%d dropped, %d truncated), %d tokens; model %s (%s)", meta.id, len(ds),
+             tok.dropped, tok.truncated, int(tok.offsets[-1]), parent.version, parent.kind)
+
+    ckpt_meta = {"job_id": meta.id, "model_version": parent.version, "method": cfg.train.method,
+                 "trainerd_version": __version__}
+    resume, man = checkpoints.latest_valid(job_dir, {"model_version": parent.version,
+                                                      "method": cfg.train.method})
+    if resume is not None:
+        log.info("resuming from %s (step %s, %s examples done)", resume.name, man.get("step"),
+                 man.get("examples_done"))
+
+    torch.manual_seed(seed)
+    model = models.load_for_training(parent, cfg.train)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world
+    Control, Commit, Progress = _callbacks()
+    progress = Progress(job_dir, attempt, ds, per_step)
+    trainer = _job_trainer()(
+        model=model,
+        args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
+        train_dataset=ds,
+        data_collator=collator(cfg, tokenizer),
+        callbacks=[Control(stop, cfg.checkpoint.every_minutes), progress,
+                   Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep)],
+    )
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    if trainer.state.global_step < trainer.state.max_steps:
+        log.info("stopped at step %d/%d with a checkpoint (%s)", trainer.state.global_step,
+                 trainer.state.max_steps, stop.reason or "stop requested")
+        return ExitCode.STOPPED
+    if trainer.is_world_process_zero():
+        model.config.use_cache = True
+        version = models.publish(layout, trainer.model, tokenizer, parent, meta,
+                                 {"examples_trained": len(ds), "steps": trainer.state.global_step,
+                                  "dropped": tok.dropped, "truncated": tok.truncated,
+                                  "final_loss": progress.last.get("loss")})
+        log.info("%s: published %s", meta.id, version)
+        checkpoints.clear(job_dir)
+    return ExitCode.FINISHED

@@ -1,0 +1,52 @@
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trainerd.lock import AlreadyRunning, DaemonLock, holder
+
+
+def test_second_holder_is_refused_with_the_first_ones_pid(tmp_path):
+    p = tmp_path / "run" / "trainerd.lock"
+    a = DaemonLock(p)
+    a.acquire()
+    try:
+        assert holder(p).pid == os.getpid()
+        with pytest.raises(AlreadyRunning, match=f"pid {os.getpid()} since"):
+            DaemonLock(p).acquire(retry_seconds=0.1)
+    finally:
+        a.release()
+    assert holder(p) is None
+
+
+def test_stale_lock_file_from_a_killed_process_does_not_block(tmp_path):
+    p = tmp_path / "trainerd.lock"
+    code = f"from trainerd.lock import DaemonLock; DaemonLock({str(p)!r}).acquire(); import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 20
+    while holder(p) is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert holder(p) is not None and holder(p).pid == proc.pid
+    proc.kill()
+    proc.wait()
+    assert p.exists()  # the file stays, with a dead pid in it ...
+    assert holder(p) is None  # ... and nobody holds it
+    lk = DaemonLock(p)
+    lk.acquire()  # so a new daemon starts
+    lk.release()
+
+
+def test_twenty_concurrent_takers_exactly_one_wins(tmp_path):
+    p = tmp_path / "trainerd.lock"
+    code = (
+        "import sys, time\n"
+        "from trainerd.lock import DaemonLock, AlreadyRunning\n"
+        f"l = DaemonLock({str(p)!r})\n"
+        "try:\n    l.acquire()\nexcept AlreadyRunning:\n    sys.exit(3)\n"
+        "time.sleep(6)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(20)]
+    codes = [pr.wait(timeout=60) for pr in procs]
+    assert codes.count(0) == 1 and codes.count(3) == 19, codes

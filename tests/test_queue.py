@@ -1,0 +1,268 @@
+import fcntl
+import json
+import os
+import time
+
+import pytest
+
+from tests.conftest import chat_rows, write_jsonl
+from trainerd.config import QueueConfig
+from trainerd.jobs import ERROR_JSON, JobMeta, JobState, Outcome, Priority
+from trainerd.paths import Layout
+from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError
+
+
+@pytest.fixture
+def q(tmp_path):
+    layout = Layout.at(tmp_path)
+    layout.ensure()
+    return Queue(layout, QueueConfig(settle_seconds=2.0, max_file_mb=1))
+
+
+def states(q):
+    return {r.id: r.state for r in q.list()}
+
+
+def reason(ref):
+    return json.loads((ref.path / ERROR_JSON).read_text())["reason"]
+
+
+def test_ingest_moves_the_file_in_unchanged_with_metadata(q):
+    src = write_jsonl(q.layout.inbox / "data.jsonl", chat_rows(5))
+    raw = src.read_bytes()
+    [ref] = q.ingest()
+    assert ref.state == JobState.QUEUED and ref.priority == Priority.NORMAL
+    assert not src.exists()
+    assert (ref.path / "data.jsonl").read_bytes() == raw
+    meta = ref.meta()
+    assert meta.original_name == "data.jsonl" and meta.examples == 5 and meta.size == len(raw)
+    import hashlib
+
+    assert meta.sha256 == hashlib.sha256(raw).hexdigest()
+
+
+def test_same_name_twice_makes_two_jobs_sorted_by_arrival(q):
+    write_jsonl(q.layout.inbox / "data.jsonl", chat_rows(2))
+    [a] = q.ingest()
+    write_jsonl(q.layout.inbox / "data.jsonl", chat_rows(3))
+    [b] = q.ingest()
+    assert a.id != b.id and sorted([b.id, a.id]) == [a.id, b.id]
+    assert b.meta().examples == 3
+
+
+def test_maildir_rules_and_settle_time(q):
+    inbox = q.layout.inbox
+    write_jsonl(inbox / ".hidden.jsonl", chat_rows(1))
+    (inbox / "x.jsonl.part").write_text("{}")
+    (inbox / "y.jsonl.tmp").write_text("{}")
+    fresh = write_jsonl(inbox / "fresh.jsonl", chat_rows(1), settle=False)
+    assert q.ingest() == []  # nothing delivered-and-settled yet
+    assert q.pending_inbox() == 1  # only `fresh` is waiting to settle
+    [ref] = q.ingest(now=time.time() + 5)
+    assert ref.meta().original_name == "fresh.jsonl" and not fresh.exists()
+    assert sorted(os.listdir(inbox)) == [".hidden.jsonl", "x.jsonl.part", "y.jsonl.tmp"]
+
+
+def test_subfolder_files_keep_their_folder_name(q):
+    write_jsonl(q.layout.inbox / "team-a" / "d.jsonl", chat_rows(2))
+    [ref] = q.ingest()
+    assert ref.meta().source_folder == "team-a"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "dir", "empty", "badjson", "not_jsonl", "too_big"])
+def test_bad_entries_are_rejected_with_a_reason_and_good_ones_still_flow(q, kind):
+    inbox = q.layout.inbox
+    name = "bad.jsonl"
+    if kind == "symlink":
+        os.symlink("/etc/passwd", inbox / name)
+    elif kind == "fifo":
+        os.mkfifo(inbox / name)
+    elif kind == "dir":
+        (inbox / name).mkdir()
+    elif kind == "empty":
+        (inbox / name).write_bytes(b"")
+    elif kind == "badjson":
+        (inbox / name).write_text(json.dumps(chat_rows(1)[0]) + "\n{oops\n")
+    elif kind == "not_jsonl":
+        name = "notes.txt"
+        (inbox / name).write_text("hello")
+    elif kind == "too_big":
+        (inbox / name).write_bytes(b"x" * (2 * 1024 * 1024))
+    old = time.time() - 60
+    os.utime(inbox / name, (old, old), follow_symlinks=False)
+    write_jsonl(inbox / "good.jsonl", chat_rows(2))
+
+    refs = {r.meta().original_name: r for r in q.ingest()}
+    assert refs["good.jsonl"].state == JobState.QUEUED
+    bad = refs[name]
+    assert bad.state == JobState.FAILED
+    expected = {"symlink": "symlink", "fifo": "not a regular file", "dir": "folder", "empty": "no examples",
+                "badjson": "line 2: invalid JSON", "not_jsonl": "only .jsonl", "too_big": "max_file_mb"}[kind]
+    assert expected in reason(bad)
+    assert os.listdir(inbox) == []
+    if kind == "symlink":  # moved as a link, never followed or read
+        assert os.path.islink(bad.path / ORIGINAL) and os.readlink(bad.path / ORIGINAL) == "/etc/passwd"
+
+
+def test_entry_that_cannot_be_moved_gets_a_note_beside_it(q, monkeypatch):
+    (q.layout.inbox / "x.txt").write_text("hi")
+    old = time.time() - 60
+    os.utime(q.layout.inbox / "x.txt", (old, old))
+    real_rename = os.rename
+
+    def deny(src, dst, *a, **k):
+        if str(src).endswith("x.txt"):
+            raise PermissionError(13, "Permission denied")
+        return real_rename(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", deny)
+    assert q.ingest() == []
+    note = json.loads((q.layout.inbox / ("x.txt" + REJECTED_MARK)).read_text())
+    assert "could not be moved" in note["reason"]
+    assert q.ingest() == [] and q.pending_inbox() == 0  # told once; not retried every poll
+    assert os.listdir(q.layout.incoming) == []
+
+
+def _queue_n(q, prio, n, tag):
+    refs = []
+    for i in range(n):
+        p = q.layout.base / f"{tag}{i}.jsonl"
+        write_jsonl(p, chat_rows(1))
+        refs.append(q.submit(p, prio))
+    return refs
+
+
+def test_claim_order_priority_then_fifo(q):
+    low = _queue_n(q, Priority.LOW, 2, "l")
+    normal = _queue_n(q, Priority.NORMAL, 2, "n")
+    high = _queue_n(q, Priority.HIGH, 2, "h")
+    order = []
+    while (ref := q.claim()) is not None:
+        order.append(ref.id)
+        q.finish(ref)
+    assert order == [r.id for r in high + normal + low]
+
+
+def test_active_job_left_by_a_crash_is_claimed_first(q):
+    a, b = _queue_n(q, Priority.NORMAL, 2, "x")
+    claimed = q.claim()
+    assert claimed.id == a.id
+    assert q.claim().id == a.id  # still active: resumed before anything else
+
+
+def test_backoff_does_not_block_other_jobs(q):
+    a, b = _queue_n(q, Priority.HIGH, 2, "x")
+    ref = q.claim()
+    meta = q.record_attempt_start(ref, 123, Priority.HIGH)
+    meta = q.record_attempt_end(ref, Outcome.CRASHED, 1, "boom")
+    assert meta.failed_attempts == 1
+    q.release(ref, meta, not_before=time.time() + 60)
+    assert q.claim().id == b.id  # a waits for its back-off
+    q.finish(q.list(JobState.ACTIVE)[0])
+    assert q.claim() is None
+    assert q.next_wakeup() > time.time()
+    assert q.claim(now=time.time() + 61).id == a.id
+    assert q.list(JobState.ACTIVE)[0].meta().attempts[0].outcome == Outcome.CRASHED
+
+
+def test_released_job_returns_to_the_priority_it_was_claimed_from(q):
+    [a] = _queue_n(q, Priority.LOW, 1, "x")
+    ref = q.claim()
+    meta = q.record_attempt_start(ref, 1, Priority.LOW)
+    back = q.release(ref, meta)
+    assert back.priority == Priority.LOW
+
+
+def test_outcomes_that_count_as_attempts():
+    assert not Outcome.FINISHED.counts_as_attempt and not Outcome.STOPPED.counts_as_attempt
+    for o in (Outcome.CRASHED, Outcome.DATA_ERROR, Outcome.RESOURCE_ERROR, Outcome.INTERRUPTED):
+        assert o.counts_as_attempt
+    assert Outcome.from_exit(0) == Outcome.FINISHED and Outcome.from_exit(-9) == Outcome.CRASHED
+
+
+def test_move_remove_requeue(q):
+    a, b = _queue_n(q, Priority.NORMAL, 2, "x")
+    moved = q.move(a.id, Priority.HIGH)
+    assert moved.priority == Priority.HIGH and moved.meta().priority == Priority.HIGH
+    q.remove(b.id)
+    assert b.id not in states(q)
+    ref = q.claim()
+    with pytest.raises(QueueError, match="training right now"):
+        q.remove(ref.id)
+    with pytest.raises(QueueError, match="only queued"):
+        q.move(ref.id, Priority.LOW)
+    q.record_attempt_start(ref, 1, Priority.HIGH)
+    q.record_attempt_end(ref, Outcome.CRASHED, 1, "boom")
+    failed = q.fail(ref, "gave up")
+    again = q.requeue(failed.id)
+    meta = again.meta()
+    assert again.state == JobState.QUEUED and meta.attempts == []
+    assert meta.history[-1]["previous_error"] == "gave up"
+    assert meta.history[-1]["previous_attempts"][0]["error"] == "boom"
+    assert not (again.path / ERROR_JSON).exists()
+    assert os.listdir(q.layout.incoming) == []
+    with pytest.raises(QueueError, match="no job"):
+        q.find("nope")
+
+
+def test_requeue_refuses_a_rejected_entry_and_a_still_bad_file(q):
+    os.symlink("/etc/passwd", q.layout.inbox / "l.jsonl")
+    [rej] = q.ingest()
+    with pytest.raises(QueueError, match="no data file"):
+        q.requeue(rej.id)
+    (q.layout.inbox / "bad.jsonl").write_text("{nope\n")
+    old = time.time() - 60
+    os.utime(q.layout.inbox / "bad.jsonl", (old, old))
+    [bad] = q.ingest()
+    with pytest.raises(QueueError, match="still does not validate"):
+        q.requeue(bad.id)
+    assert states(q)[bad.id] == JobState.FAILED  # put back where it was
+    assert os.listdir(q.layout.incoming) == []
+
+
+def test_recover_marks_interrupted_attempts(q):
+    [a] = _queue_n(q, Priority.NORMAL, 1, "x")
+    ref = q.claim()
+    q.record_attempt_start(ref, 999999, Priority.NORMAL)
+    notes = q.recover()
+    assert any("interrupted" in n for n in notes)
+    att = ref.meta().attempts[-1]
+    assert att.outcome == Outcome.INTERRUPTED and att.ended_at and att.outcome.counts_as_attempt
+
+
+def test_recover_finishes_or_undoes_each_crash_point_of_intake(q):
+    inc = q.layout.incoming
+    # 1. crashed after the data rename, before job.json
+    (inc / "20260101T000000-000001-a").mkdir()
+    write_jsonl(inc / "20260101T000000-000001-a" / "data.jsonl", chat_rows(2))
+    # 2. crashed after job.json, before the rename into queued/
+    (inc / "20260101T000000-000002-b").mkdir()
+    write_jsonl(inc / "20260101T000000-000002-b" / "data.jsonl", chat_rows(3))
+    JobMeta(id="20260101T000000-000002-b", original_name="b.jsonl", sha256="x", size=1, examples=3,
+            priority=Priority.HIGH).save(inc / "20260101T000000-000002-b")
+    # 3. a `queue add` copy cut short: the user's original was never touched
+    (inc / "20260101T000000-000003-c").mkdir()
+    (inc / "20260101T000000-000003-c" / ".data.jsonl.part").write_text("{partial")
+    # 4. somebody is working in this one right now (holds the flock)
+    busy = inc / "20260101T000000-000004-d"
+    busy.mkdir()
+    fd = os.open(busy, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        notes = q.recover()
+    finally:
+        os.close(fd)
+    s = states(q)
+    assert s["20260101T000000-000001-a"] == JobState.QUEUED
+    assert s["20260101T000000-000002-b"] == JobState.QUEUED
+    assert q.find("20260101T000000-000002-b").priority == Priority.HIGH
+    assert "20260101T000000-000003-c" not in s and any("interrupted copy" in n for n in notes)
+    assert sorted(os.listdir(inc)) == ["20260101T000000-000004-d"]
+
+
+def test_submit_copies_and_never_touches_the_users_file(q, tmp_path):
+    src = write_jsonl(tmp_path / "mine.jsonl", chat_rows(4))
+    before = (src.read_bytes(), src.stat().st_mtime_ns)
+    ref = q.submit(src, Priority.LOW)
+    assert (src.read_bytes(), src.stat().st_mtime_ns) == before
+    assert ref.priority == Priority.LOW and ref.meta().examples == 4

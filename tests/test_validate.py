@@ -1,0 +1,101 @@
+import io
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainerd.validate import MAX_ERRORS, validate_file, validate_stream
+
+
+def v(text: bytes):
+    return validate_stream(io.BytesIO(text))
+
+
+def line(obj) -> bytes:
+    return (json.dumps(obj) + "\n").encode()
+
+
+GOOD_MSG = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                         {"role": "assistant", "content": "a"}], "metadata": {"kept": True}}
+
+
+def test_three_formats_accepted_and_extra_keys_kept():
+    r = v(line(GOOD_MSG) + line({"prompt": "p", "completion": "c"}) + line({"text": "t", "id": 3}))
+    assert r.ok and r.examples == 3
+    assert dict(r.formats) == {"messages": 1, "prompt_completion": 1, "text": 1}
+
+
+def test_bom_crlf_and_blank_lines():
+    r = v(b"\xef\xbb\xbf" + line({"text": "a"}).replace(b"\n", b"\r\n") + b"\r\n\n  \n" + line({"text": "b"}))
+    assert r.ok and r.examples == 2
+
+
+def test_each_bad_line_reports_its_number_and_reason():
+    data = (line({"text": "ok"})
+            + b"\xff\xfe bad utf8\n"
+            + b'{"text": "unterminated\n'
+            + b"[1, 2]\n"
+            + line({"foo": 1})
+            + line({"messages": [{"role": "robot", "content": "x"}]})
+            + line({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]})
+            + line({"messages": [{"role": "user", "content": "x"}]})
+            + line({"prompt": "p"})
+            + line({"text": 5}))
+    r = v(data)
+    assert not r.ok and r.examples == 1
+    got = {e.line: e.reason for e in r.errors}
+    assert "UTF-8" in got[2]
+    assert "invalid JSON" in got[3]
+    assert "JSON object" in got[4]
+    assert "unknown format" in got[5]
+    assert "'robot'" in got[6] and "allowed" in got[6]
+    assert "empty content" in got[7]
+    assert "no assistant turn" in got[8]
+    assert "'completion' is missing" in got[9]
+    assert "must be a string" in got[10]
+    assert "line 2:" in r.reason() and "drop the file again" in r.reason()
+
+
+def test_empty_and_blank_only_files_have_no_examples(tmp_path):
+    for content in (b"", b"\n\n   \n"):
+        p = tmp_path / "e.jsonl"
+        p.write_bytes(content)
+        r = validate_file(p)
+        assert not r.ok and "no examples" in r.reason()
+
+
+def test_error_list_is_capped_but_counted():
+    r = v(b"nope\n" * 100)
+    assert len(r.errors) == MAX_ERRORS and r.error_count == 100
+    assert "and 80 more" in r.reason()
+
+
+def test_unreadable_file_is_a_file_error(tmp_path):
+    r = validate_file(tmp_path / "missing.jsonl")
+    assert not r.ok and "cannot read" in r.reason()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bytes_never_crash(data):
+    r = v(data)
+    assert r.ok or r.file_error or r.errors or r.examples == 0
+    for e in r.errors:
+        assert e.line >= 1 and e.reason
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["messages", "role", "content", "prompt", "completion", "text", "x"]), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_values, min_size=1, max_size=20))
+def test_random_json_lines_are_accepted_or_have_a_reason_with_a_line(values):
+    r = v(b"".join(line(x) for x in values))
+    assert r.examples + r.error_count == len(values)
+    for e in r.errors:
+        assert 1 <= e.line <= len(values) and e.reason
