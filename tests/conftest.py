@@ -131,3 +131,13 @@ def daemon_log(base: Path) -> str:
         return (base / "daemon.out").read_text()
     except OSError:
         return ""
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -101,6 +101,7 @@ class Supervisor:
         self.last_error: str | None = None
         self.state = "starting"
         self._last_status = 0.0
+        self._last_written: tuple[str, bool] | None = None  # a state change is written at once
         self._observer: Any = None
 
     # ------------------------------------------------------------ plumbing
@@ -316,6 +317,10 @@ class Supervisor:
         error = None
         if r.stop_reason == "cold stop" and outcome != Outcome.FINISHED:
             outcome, error = Outcome.STOPPED, "cold stop: worker killed without a checkpoint"
+        elif r.stop_reason and rc == -signal.SIGTERM:
+            # Our stop request landed before the worker had installed its handler (it was
+            # still starting): nothing was trained since the last checkpoint; not a crash.
+            outcome, error = Outcome.STOPPED, "stopped while the worker was starting"
         elif outcome not in (Outcome.FINISHED, Outcome.STOPPED):
             error = worker_failure_reason(r.ref.path, rc)
         meta = self.queue.record_attempt_end(r.ref, outcome, rc, error)
@@ -379,9 +384,10 @@ class Supervisor:
     # ------------------------------------------------------------ status
     def _write_status(self, force: bool = False) -> None:
         now = time.time()
-        if not force and now - self._last_status < self.cfg.daemon.heartbeat_seconds:
+        changed = (self.state, self.running is not None) != self._last_written
+        if not (force or changed) and now - self._last_status < self.cfg.daemon.heartbeat_seconds:
             return
-        self._last_status = now
+        self._last_status, self._last_written = now, (self.state, self.running is not None)
         wish = control.read_wish(self.layout)
         status: dict[str, Any] = {
             "pid": os.getpid(),

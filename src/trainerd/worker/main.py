@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -69,7 +70,33 @@ def _is_oom(e: BaseException) -> bool:
         return False
 
 
+class StopFlag:
+    """Set from a signal handler; read at every optimizer-step boundary."""
+
+    def __init__(self) -> None:
+        self._ev = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str = "") -> None:
+        self.reason = self.reason or reason
+        self._ev.set()
+
+    def __bool__(self) -> bool:
+        return self._ev.is_set()
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Handlers first, before any slow import: a stop request that arrives while the worker
+    # starts must become a flag, not Python's default death by SIGTERM.
+    stop = StopFlag()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set(signal.Signals(signum).name)  # a flag only; the step boundary acts on it
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _die_with_parent()
+
     ap = argparse.ArgumentParser(prog="python -m trainerd.worker")
     ap.add_argument("job_dir", type=Path)
     ap.add_argument("--base-dir", type=Path, default=None)
@@ -81,17 +108,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _die_with_parent()
-
-    from trainerd.worker.train import StopFlag
-
-    stop = StopFlag()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set(signal.Signals(signum).name)  # a flag only; the step boundary acts on it
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
 
     try:
         _lock_job(job_dir)

@@ -12,10 +12,9 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainerd import __version__, atomic
 from trainerd.config import Config, load_config
@@ -24,22 +23,10 @@ from trainerd.paths import Layout
 from trainerd.worker import checkpoints, models
 from trainerd.worker.data import JobDataset, data_order, prepare
 
+if TYPE_CHECKING:
+    from trainerd.worker.main import StopFlag
+
 log = logging.getLogger("trainerd.worker.train")
-
-
-class StopFlag:
-    """Set from a signal handler; read at every optimizer-step boundary."""
-
-    def __init__(self) -> None:
-        self._ev = threading.Event()
-        self.reason = ""
-
-    def set(self, reason: str = "") -> None:
-        self.reason = self.reason or reason
-        self._ev.set()
-
-    def __bool__(self) -> bool:
-        return self._ev.is_set()
 
 
 class NonFiniteLoss(RuntimeError):
@@ -261,6 +248,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         callbacks=[Control(stop, cfg.checkpoint.every_minutes), progress,
                    Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep)],
     )
+    if stop:  # asked to stop while loading: nothing new to save
+        log.info("stop requested before training began (%s)", stop.reason)
+        return ExitCode.STOPPED
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     if trainer.state.global_step < trainer.state.max_steps:

@@ -1,0 +1,232 @@
+"""The daemon under real signals, pauses, stops, skips and kills (real processes, real model).
+
+The equality checks compare the final adapter of an interrupted job with that of the same
+job trained without interruption in another base dir: same data and seed give the same
+data order, so any lost or repeated step would show up as a weight difference.
+"""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import (
+    chat_rows,
+    cli,
+    daemon_log,
+    gone,
+    make_base,
+    start_daemon,
+    wait_for,
+    write_jsonl,
+)
+from trainerd.paths import Layout
+
+pytestmark = pytest.mark.slow
+
+# 96 examples / micro-batch 2 = 48 steps; checkpoints every 4 steps.
+SLOW_JOB = "[train]\nmicro_batch_size = 2\n"
+
+
+def rows():
+    return chat_rows(96, "kappa")
+
+
+def progress(base):
+    for d in Layout.at(base).active.iterdir():
+        try:
+            return json.loads((d / "progress.json").read_text())
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def active_dir(base):
+    [d] = list(Layout.at(base).active.iterdir())
+    return d
+
+
+def final_adapter(base):
+    from safetensors.torch import load_file
+
+    return load_file(str(Layout.at(base).current_model / "adapter_model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model):
+    """The uninterrupted run every interrupted one must equal."""
+    base = make_base(tmp_path_factory.mktemp("ref") / "b", tiny_model, SLOW_JOB)
+    write_jsonl(base / "inbox" / "k.jsonl", rows())
+    cli("run", "--base-dir", base, "--once")
+    [job] = os.listdir(Layout.at(base).done)
+    meta = json.loads((Layout.at(base).done / job / "job.json").read_text())
+    return final_adapter(base), meta
+
+
+def finished_meta(base):
+    [job] = os.listdir(Layout.at(base).done)
+    return json.loads((Layout.at(base).done / job / "job.json").read_text())
+
+
+def test_pause_checkpoints_at_a_step_and_resume_equals_uninterrupted(tmp_path, tiny_model, reference):
+    base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
+    write_jsonl(base / "inbox" / "k.jsonl", rows())
+    d = start_daemon(base)
+    try:
+        wait_for(lambda: (progress(base) or {}).get("step", 0) >= 6, what="step 6")
+        cli("pause", "--base-dir", base, "--reason", "test")
+        job = active_dir(base)
+        wait_for(lambda: json.loads((job / "job.json").read_text())["attempts"][-1].get("outcome") == "stopped",
+                 what="worker stopped")
+        meta = json.loads((job / "job.json").read_text())
+        step = meta["steps_done"]
+        assert 6 <= step < 48
+        ckpts = sorted(os.listdir(job / "checkpoints"))
+        assert f"step-{step:06d}" in ckpts  # the pause itself checkpointed: 0 steps lost
+        s = wait_for(lambda: (lambda s: s if s["daemon"].get("state") == "paused" else None)(
+            json.loads(cli("status", "--base-dir", base, "--json").stdout)), what="status paused")
+        assert s["daemon"]["running"] and s["daemon"]["responding"]
+        assert s["desired"]["state"] == "paused" and len(s["active"]) == 1
+        time.sleep(1.0)
+        assert d.poll() is None and json.loads((job / "job.json").read_text())["attempts"][-1]["outcome"] == "stopped"
+
+        cli("resume", "--base-dir", base)
+        wait_for(lambda: os.listdir(Layout.at(base).done), what="job done")
+        cli("stop", "--base-dir", base)
+        assert d.wait(60) == 0
+    finally:
+        if d.poll() is None:
+            d.kill()
+    meta = finished_meta(base)
+    assert [a["outcome"] for a in meta["attempts"]] == ["stopped", "finished"]
+    assert meta["steps_done"] == reference[1]["steps_done"] == 48
+    assert meta["examples_done"] == reference[1]["examples_done"] == 96
+    # The resumed attempt started at the step after the pause: its first logged step.
+    rows_ = [json.loads(x) for x in (Layout.at(base).done / meta["id"] / "metrics.jsonl").read_text().splitlines()]
+    assert min(r["step"] for r in rows_ if r["attempt"] == 2) == step + 1
+    assert_same_weights(final_adapter(base), reference[0])
+
+
+def test_sigkill_of_the_worker_resumes_exactly_and_ignores_a_half_written_checkpoint(tmp_path, tiny_model,
+                                                                                     reference):
+    base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
+    write_jsonl(base / "inbox" / "k.jsonl", rows())
+    d = start_daemon(base)
+    try:
+        p = wait_for(lambda: (lambda x: x if x and x.get("step", 0) >= 9 else None)(progress(base)), what="step 9")
+        job = active_dir(base)
+        os.kill(p["pid"], signal.SIGKILL)
+        # As if the kill had landed mid-save: a newer checkpoint without its manifest, and
+        # Trainer's own half-written folder.
+        fake = job / "checkpoints" / "step-000044"
+        fake.mkdir(parents=True)
+        (fake / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+        (job / "checkpoints" / ".staging" / "checkpoint-45").mkdir(parents=True, exist_ok=True)
+        wait_for(lambda: os.listdir(Layout.at(base).done), what="job done")
+        cli("stop", "--base-dir", base)
+        assert d.wait(60) == 0
+    finally:
+        if d.poll() is None:
+            d.kill()
+    meta = finished_meta(base)
+    assert [a["outcome"] for a in meta["attempts"]] == ["crashed", "finished"]
+    assert "SIGKILL" in meta["attempts"][0]["error"]
+    assert meta["steps_done"] == 48 and meta["examples_done"] == 96
+    log = (Layout.at(base).done / meta["id"] / "worker.log").read_text()
+    assert "step-000044 is not usable" in log and "half-written" in log
+    assert_same_weights(final_adapter(base), reference[0])
+
+
+def test_stop_exits_0_keeps_the_job_active_and_next_start_resumes(tmp_path, tiny_model, reference):
+    base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
+    write_jsonl(base / "inbox" / "k.jsonl", rows())
+    d = start_daemon(base)
+    wait_for(lambda: (progress(base) or {}).get("step", 0) >= 3, what="step 3")
+    (base / ".stop").touch()  # the original daemon's switch, an alias of `trainerd stop`
+    assert d.wait(60) == 0, daemon_log(base)
+    assert not (base / ".stop").exists()
+    job = active_dir(base)
+    meta = json.loads((job / "job.json").read_text())
+    assert meta["attempts"][-1]["outcome"] == "stopped"
+    assert f"step-{meta['steps_done']:06d}" in os.listdir(job / "checkpoints")
+    s = json.loads(cli("status", "--base-dir", base, "--json").stdout)
+    assert s["daemon"]["running"] is False
+
+    cli("run", "--base-dir", base, "--once")
+    meta = finished_meta(base)
+    assert [a["outcome"] for a in meta["attempts"]] == ["stopped", "finished"]
+    assert_same_weights(final_adapter(base), reference[0])
+
+
+def test_sigterm_warm_then_cold_and_kill9_recovery(tmp_path, tiny_model, reference):
+    base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
+    write_jsonl(base / "inbox" / "k.jsonl", rows())
+    # Warm: one SIGTERM -> checkpoint at the next step, exit 0.
+    d = start_daemon(base)
+    wait_for(lambda: (progress(base) or {}).get("step", 0) >= 2, what="step 2")
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(60) == 0, daemon_log(base)
+    job = active_dir(base)
+    assert json.loads((job / "job.json").read_text())["attempts"][-1]["outcome"] == "stopped"
+
+    # Cold: two SIGTERMs -> worker killed without a checkpoint, prompt exit.
+    d = start_daemon(base)
+    wait_for(lambda: (progress(base) or {}).get("attempt") == 2, what="second attempt training")
+    d.send_signal(signal.SIGTERM)
+    # Standard signals are not queued: two sent back to back can arrive as one.
+    wait_for(lambda: daemon_log(base).count("asking the worker to checkpoint") == 2, what="first signal seen")
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(30) == 0
+    a = json.loads((job / "job.json").read_text())["attempts"][-1]
+    assert a["outcome"] == "stopped" and "cold stop" in a["error"]
+
+    # kill -9 of the daemon: the worker dies with it, status says not running, restart recovers.
+    d = start_daemon(base)
+    p = wait_for(lambda: (lambda x: x if x and x.get("attempt") == 3 else None)(progress(base)), what="attempt 3")
+    d.kill()
+    d.wait()
+    wait_for(lambda: gone(p["pid"]), what="worker gone with its daemon", timeout=20)
+    s = json.loads(cli("status", "--base-dir", base, "--json").stdout)
+    assert s["daemon"]["running"] is False
+    cli("run", "--base-dir", base, "--once")
+    meta = finished_meta(base)
+    assert [a["outcome"] for a in meta["attempts"]] == ["stopped", "stopped", "interrupted", "finished"]
+    assert_same_weights(final_adapter(base), reference[0])
+
+
+def test_skip_hits_only_the_job_that_was_active(tmp_path, tiny_model):
+    base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
+    write_jsonl(base / "inbox" / "a.jsonl", rows())
+    d = start_daemon(base)
+    try:
+        wait_for(lambda: (progress(base) or {}).get("step", 0) >= 2, what="step 2")
+        cli("skip", "--base-dir", base, "--reason", "wrong file")
+        write_jsonl(base / "inbox" / "b.jsonl", chat_rows(8))
+        wait_for(lambda: len(os.listdir(Layout.at(base).done)) == 1, what="second job done")
+        cli("stop", "--base-dir", base)
+        assert d.wait(60) == 0
+    finally:
+        if d.poll() is None:
+            d.kill()
+    layout = Layout.at(base)
+    [failed] = os.listdir(layout.failed)
+    assert failed.endswith("-a")
+    err = json.loads((layout.failed / failed / "error.json").read_text())
+    assert err["reason"] == "skipped by user: wrong file"
+    [done] = os.listdir(layout.done)
+    assert done.endswith("-b")
+    assert not (layout.control / "skip.json").exists()
+    # requeue-able: the skipped job trains when requeued
+    cli("queue", "requeue", failed, "--base-dir", base)
+    cli("run", "--base-dir", base, "--once")
+    assert len(os.listdir(layout.done)) == 2
