@@ -76,12 +76,20 @@ class DaemonConfig(_Section):
     )
 
 
+class ServerConfig(_Section):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="loopback by default; anything else is your decision")
+    port: int = Field(8765, ge=0, le=65535, description="0 = pick a free port (written to run/server.json)")
+    max_upload_mb: float = Field(256, gt=0)
+
+
 class Config(_Section):
     base_model: str = Field(..., min_length=1, description="local directory or hub id")
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 class ConfigError(Exception):
@@ -186,4 +194,10 @@ poll_seconds = 1.0           # how often the daemon looks at inbox/control witho
 [daemon]
 heartbeat_seconds = 2        # run/status.json is rewritten at least this often
 stop_grace_seconds = 600     # a warm stop waits this long for the worker's checkpoint
+
+[server]
+enabled = true               # HTTP status, metrics, dashboard and control
+host = "127.0.0.1"           # loopback only unless you change it
+port = 8765                  # 0 = any free port (see run/server.json)
+max_upload_mb = 256          # POST /api/queue body limit
 """
