@@ -174,10 +174,59 @@ def test_released_job_returns_to_the_priority_it_was_claimed_from(q):
 
 
 def test_outcomes_that_count_as_attempts():
-    assert not Outcome.FINISHED.counts_as_attempt and not Outcome.STOPPED.counts_as_attempt
-    for o in (Outcome.CRASHED, Outcome.DATA_ERROR, Outcome.RESOURCE_ERROR, Outcome.INTERRUPTED):
+    # A user's stop, a full disk, and the OOM/NaN fallbacks (which have their own limits)
+    # are not failed attempts; crashes, kills and data errors are.
+    for o in (Outcome.FINISHED, Outcome.STOPPED, Outcome.DISK_LOW, Outcome.RESOURCE_ERROR, Outcome.NONFINITE):
+        assert not o.counts_as_attempt
+    for o in (Outcome.CRASHED, Outcome.DATA_ERROR, Outcome.INTERRUPTED):
         assert o.counts_as_attempt
     assert Outcome.from_exit(0) == Outcome.FINISHED and Outcome.from_exit(-9) == Outcome.CRASHED
+    assert Outcome.from_exit(6) == Outcome.DISK_LOW and Outcome.from_exit(7) == Outcome.NONFINITE
+
+
+def test_oom_fallback_keeps_the_effective_batch_exact():
+    from trainerd.jobs import fallback_micro_batch
+
+    seq, mb = [], 8
+    while (mb := fallback_micro_batch(8, mb)) is not None:
+        seq.append(mb)
+    assert seq == [4, 2, 1]
+    assert fallback_micro_batch(6, 6) == 3 and fallback_micro_batch(6, 3) == 1
+    assert fallback_micro_batch(12, 1) is None
+
+
+def test_ingest_in_slices_takes_everything_and_says_when_more_is_left(q):
+    for i in range(30):
+        write_jsonl(q.layout.inbox / f"f{i}.jsonl", chat_rows(1))
+    first = q.ingest(budget_seconds=1e-9)
+    assert first.more and len(first) == 1
+    rest = q.ingest()
+    assert not rest.more and len(first) + len(rest) == 30
+    assert q.counts()["queued"] == 30
+
+
+def test_a_failed_move_leaves_no_empty_staging_folder(q, monkeypatch):
+    write_jsonl(q.layout.inbox / "b.jsonl", chat_rows(1))
+    real = os.rename
+
+    def deny(src, dst, *a, **k):
+        if str(src).endswith("b.jsonl"):
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", deny)
+    assert q.ingest() == []
+    assert os.listdir(q.layout.incoming) == []
+    assert (q.layout.inbox / ("b.jsonl" + REJECTED_MARK)).exists()
+
+
+def test_lost_job_json_is_rebuilt_from_the_data_at_recovery(q):
+    [ref] = _queue_n(q, Priority.HIGH, 1, "x")
+    (ref.path / "job.json").write_bytes(b"")  # as ext4 may leave it after a crash before sync
+    notes = q.recover()
+    assert any("rebuilt" in n for n in notes)
+    meta = q.find(ref.id).meta()
+    assert meta.examples == 1 and meta.priority == Priority.HIGH
 
 
 def test_move_remove_requeue(q):

@@ -99,3 +99,12 @@ def test_random_json_lines_are_accepted_or_have_a_reason_with_a_line(values):
     assert r.examples + r.error_count == len(values)
     for e in r.errors:
         assert 1 <= e.line <= len(values) and e.reason
+
+
+def test_a_giant_line_is_an_error_read_in_bounded_memory(monkeypatch):
+    import trainerd.validate as V
+
+    monkeypatch.setattr(V, "MAX_LINE_BYTES", 1000)
+    r = v(line({"text": "a"}) + b'{"text": "' + b"x" * 5000 + b'"}\n' + line({"text": "b"}))
+    assert r.examples == 2 and r.error_count == 1
+    assert r.errors[0].line == 2 and "longer than" in r.errors[0].reason

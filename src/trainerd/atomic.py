@@ -27,15 +27,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomically replace `path` with `data`."""
+def write_bytes(path: Path, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
+    """Atomically replace `path` with `data`.
+
+    sync=False skips the fsyncs for bulk work that calls `syncfs` once at the end and can
+    rebuild the file if a crash loses it (the queue's intake).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -45,15 +50,16 @@ def write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
 
 
 def write_text(path: Path, text: str, mode: int = 0o644) -> None:
     write_bytes(path, text.encode("utf-8"), mode)
 
 
-def write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), mode)
+def write_json(path: Path, obj: Any, mode: int = 0o644, sync: bool = True) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), mode, sync)
 
 
 def read_json(path: Path) -> Any:
@@ -61,7 +67,7 @@ def read_json(path: Path) -> Any:
         return json.loads(f.read())
 
 
-def rename(src: Path, dst: Path) -> None:
+def rename(src: Path, dst: Path, sync: bool = True) -> None:
     """One state transition: rename, then make both folders' entries durable.
 
     Fails (FileExistsError) rather than overwrite an existing directory target, so two
@@ -71,9 +77,26 @@ def rename(src: Path, dst: Path) -> None:
     if dst.exists():
         raise FileExistsError(f"refusing to overwrite {dst}")
     os.rename(src, dst)
-    fsync_dir(dst.parent)
-    if src.parent != dst.parent:
-        fsync_dir(src.parent)
+    if sync:
+        fsync_dir(dst.parent)
+        if src.parent != dst.parent:
+            fsync_dir(src.parent)
+
+
+def syncfs(path: Path) -> None:
+    """Flush everything written on `path`'s filesystem: one call for a batch of unsynced
+    writes (Linux syncfs(2); elsewhere the whole-system sync)."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def fsync_tree(root: Path) -> None:

@@ -46,6 +46,9 @@ class TrainConfig(_Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
+    max_host_memory_gb: float = Field(
+        0, ge=0, description="worker RSS ceiling; above it the micro-batch is halved (0 = off)"
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
@@ -76,6 +79,12 @@ class DaemonConfig(_Section):
     )
 
 
+class DiskConfig(_Section):
+    min_free_mb: float = Field(1024, ge=0, description="below this the daemon pauses itself")
+    checkpoint_multiple: float = Field(3.0, ge=0, description="... or below this x the last checkpoint size")
+    warn_free_mb: float = Field(5120, ge=0)
+
+
 class ServerConfig(_Section):
     enabled: bool = True
     host: str = Field("127.0.0.1", description="loopback by default; anything else is your decision")
@@ -90,6 +99,7 @@ class Config(_Section):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    disk: DiskConfig = Field(default_factory=DiskConfig)
 
 
 class ConfigError(Exception):
@@ -172,6 +182,7 @@ seed = 1234                  # data order of a job = f(seed, job id); resumes sk
 threads = 0                  # CPU threads for torch; 0 = library default
 precision = "auto"           # "auto" (bf16 where supported), "fp32", "bf16", "fp16"
 gradient_checkpointing = false
+max_host_memory_gb = 0       # worker RSS ceiling; over it: halve the micro-batch and resume (0 = off)
 
 [train.lora]
 r = 16
@@ -194,6 +205,11 @@ poll_seconds = 1.0           # how often the daemon looks at inbox/control witho
 [daemon]
 heartbeat_seconds = 2        # run/status.json is rewritten at least this often
 stop_grace_seconds = 600     # a warm stop waits this long for the worker's checkpoint
+
+[disk]
+min_free_mb = 1024           # below this much free space the daemon pauses itself ...
+checkpoint_multiple = 3      # ... or below 3x the last checkpoint's size; it resumes when space returns
+warn_free_mb = 5120
 
 [server]
 enabled = true               # HTTP status, metrics, dashboard and control

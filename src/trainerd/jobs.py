@@ -44,7 +44,9 @@ class ExitCode(IntEnum):
     FINISHED = 0  # epoch trained and published
     STOPPED = 3  # asked to stop; a checkpoint was saved; resumable, not an attempt
     DATA_ERROR = 4  # the file cannot be trained; not retryable
-    RESOURCE_ERROR = 5  # e.g. out of memory after every fallback; retryable
+    RESOURCE_ERROR = 5  # out of memory: retried with half the micro-batch
+    DISK_LOW = 6  # stopped (without a checkpoint if there was no room); daemon pauses itself
+    NONFINITE = 7  # loss or gradient became NaN/Inf; rolled back to the last good checkpoint
     # anything else, a signal included, is a crash and counts as an attempt
 
 
@@ -53,6 +55,8 @@ class Outcome(str, Enum):
     STOPPED = "stopped"
     DATA_ERROR = "data_error"
     RESOURCE_ERROR = "resource_error"
+    DISK_LOW = "disk_low"
+    NONFINITE = "nonfinite"
     CRASHED = "crashed"
     SKIPPED = "skipped"
     INTERRUPTED = "interrupted"  # the daemon itself died while the attempt ran
@@ -64,12 +68,17 @@ class Outcome(str, Enum):
             ExitCode.STOPPED: cls.STOPPED,
             ExitCode.DATA_ERROR: cls.DATA_ERROR,
             ExitCode.RESOURCE_ERROR: cls.RESOURCE_ERROR,
+            ExitCode.DISK_LOW: cls.DISK_LOW,
+            ExitCode.NONFINITE: cls.NONFINITE,
         }.get(code, cls.CRASHED)  # type: ignore[call-overload]
 
     @property
     def counts_as_attempt(self) -> bool:
-        """A stop the user asked for is not a failure; everything else that ended early is."""
-        return self not in (Outcome.FINISHED, Outcome.STOPPED)
+        """Failures count toward max_attempts. Not counted: a stop the user asked for, a
+        full disk (the daemon pauses itself), and the OOM and NaN fallbacks, which have
+        their own limits (micro-batch 1; one retry)."""
+        return self not in (Outcome.FINISHED, Outcome.STOPPED, Outcome.DISK_LOW,
+                            Outcome.RESOURCE_ERROR, Outcome.NONFINITE)
 
 
 def describe_exit(code: int | None) -> str:
@@ -114,6 +123,8 @@ class JobMeta(BaseModel):
     not_before: float = 0.0  # back-off: not claimed before this time
     examples_done: int = 0
     steps_done: int = 0
+    micro_batch_size: int | None = None  # set by the OOM fallback; grad_accum grows to match
+    nonfinite_events: int = 0
 
     @property
     def failed_attempts(self) -> int:
@@ -123,5 +134,14 @@ class JobMeta(BaseModel):
     def load(cls, job_dir: Path) -> JobMeta:
         return cls.model_validate(atomic.read_json(Path(job_dir) / JOB_JSON))
 
-    def save(self, job_dir: Path) -> None:
-        atomic.write_json(Path(job_dir) / JOB_JSON, self.model_dump(mode="json"))
+    def save(self, job_dir: Path, sync: bool = True) -> None:
+        atomic.write_json(Path(job_dir) / JOB_JSON, self.model_dump(mode="json"), sync=sync)
+
+
+def fallback_micro_batch(effective: int, current: int) -> int | None:
+    """Next micro-batch after an out-of-memory: the largest divisor of the effective batch
+    that is at most half the current one, so grad_accum * micro_batch stays exactly the
+    same and a resumed attempt skips exactly the examples already trained. None at 1."""
+    if current <= 1:
+        return None
+    return max(d for d in range(1, current // 2 + 1) if effective % d == 0)

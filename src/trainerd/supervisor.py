@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainerd import atomic, control
+from trainerd import atomic, control, guards
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.jobs import (
@@ -34,6 +34,7 @@ from trainerd.jobs import (
     Outcome,
     Priority,
     describe_exit,
+    fallback_micro_batch,
 )
 from trainerd.ledger import Ledger
 from trainerd.lock import DaemonLock
@@ -100,6 +101,9 @@ class Supervisor:
         self.loop_errors = 0
         self.last_error: str | None = None
         self.state = "starting"
+        self.disk_pause: str | None = None  # the daemon paused itself: why
+        self.disk_retry_at = 0.0
+        self.disk: guards.DiskReading | None = None
         self._last_status = 0.0
         self._last_written: tuple[str, bool] | None = None  # a state change is written at once
         self._observer: Any = None
@@ -211,7 +215,9 @@ class Supervisor:
         wish = control.read_wish(self.layout)
         warm, cold = self.signals >= 1, self.signals >= 2
 
-        self.queue.ingest()
+        if self.queue.ingest(budget_seconds=0.5).more:
+            self.wake.set()  # a big drop is taken in slices so signals and heartbeats go on
+        self._check_disk()
 
         if self.running is not None:
             self._watch_worker(wish, warm, cold)
@@ -226,6 +232,8 @@ class Supervisor:
                 return True
             if wish.state == Desired.PAUSED:
                 self.state = "paused"
+            elif self.disk_pause:
+                self.state = "paused_disk"
             else:
                 ref = self.queue.claim()
                 if ref is not None:
@@ -295,6 +303,7 @@ class Supervisor:
                 r.skip = skip
             why = ("cold stop" if cold else "stop signal" if warm else
                    wish.state.value if wish.state != Desired.RUNNING else
+                   "disk low" if self.disk_pause else
                    "skip" if r.skip else None)
             if cold:
                 log.warning("%s: second signal, killing the worker (cold stop)", r.ref.id)
@@ -341,6 +350,20 @@ class Supervisor:
             return
         if outcome == Outcome.STOPPED:
             return  # stays in active/ with its checkpoint; resumed first next time
+        if outcome == Outcome.DISK_LOW:
+            self._pause_for_disk(error or "disk full")
+            return  # stays in active/; resumes from its last checkpoint when space returns
+        if outcome == Outcome.RESOURCE_ERROR:
+            self._oom_fallback(r.ref, meta, error)
+            return
+        if outcome == Outcome.NONFINITE:
+            meta.nonfinite_events += 1
+            meta.save(r.ref.path)
+            if meta.nonfinite_events >= 2:
+                self.queue.fail(r.ref, f"training diverged twice on the same data: {error}", stage="training")
+            else:
+                log.warning("%s: %s; retrying once from the last good checkpoint", r.ref.id, error)
+            return
         if outcome == Outcome.DATA_ERROR:
             self.queue.fail(r.ref, error or "data error", stage="training", attempts=len(meta.attempts))
             return
@@ -353,6 +376,47 @@ class Supervisor:
             log.warning("%s: attempt failed (%s); retry %d/%d in %.0fs", r.ref.id, error,
                         failed, self.cfg.queue.max_attempts - 1, delay)
             self.queue.release(r.ref, meta, time.time() + delay)
+
+    def _oom_fallback(self, ref: JobRef, meta: JobMeta, error: str | None) -> None:
+        """Out of memory: same effective batch in smaller micro-batches, from the last
+        checkpoint; give up with a clear reason once the micro-batch is 1."""
+        t = self.cfg.train
+        current = meta.micro_batch_size or t.micro_batch_size
+        nxt = fallback_micro_batch(t.micro_batch_size * t.grad_accum, current)
+        if nxt is None:
+            self.queue.fail(ref, f"out of memory even at micro-batch 1: {error}. Lower train.max_seq_len, "
+                            "use LoRA instead of full fine-tuning, or a machine with more memory",
+                            stage="training")
+            return
+        meta.micro_batch_size = nxt
+        meta.history.append({"at": time.time(), "event": "oom_fallback", "micro_batch_size": nxt})
+        meta.save(ref.path)
+        log.warning("%s: out of memory at micro-batch %d; retrying at %d (%s)", ref.id, current, nxt, error)
+
+    def _check_disk(self) -> None:
+        ckpt = 0
+        if self.running is not None:
+            try:
+                ckpt = int(atomic.read_json(self.running.ref.path / PROGRESS_JSON).get("last_checkpoint_bytes") or 0)
+            except (OSError, ValueError):
+                pass
+        self.disk = r = guards.reading(self.layout.base, self.cfg.disk, ckpt)
+        if r.low:
+            if not self.disk_pause:
+                self._pause_for_disk(r.message())
+        elif self.disk_pause and time.monotonic() >= self.disk_retry_at:
+            log.warning("disk: %d MB free again; resuming", r.free // guards.MB)
+            self._event("disk_resume", free=r.free)
+            self.disk_pause = None
+
+    def _pause_for_disk(self, why: str) -> None:
+        if self.disk_pause is None:
+            log.error("pausing: %s", why)
+            self._event("disk_pause", reason=why)
+        self.disk_pause = why
+        # The worker saw the disk fill up even if the reading says fine now (a burst, a
+        # quota): wait a little before trying again rather than flapping.
+        self.disk_retry_at = time.monotonic() + 10.0
 
     def _absorb_progress(self, r: Running, meta: JobMeta) -> None:
         """Copy the worker's last progress into job.json and its metrics into state.db."""
@@ -398,6 +462,10 @@ class Supervisor:
             "desired": wish.state.value,
             "desired_reason": wish.reason,
             "queue": self.queue.counts(),
+            "disk": None if self.disk is None else {
+                "free_bytes": self.disk.free, "pause_below_bytes": self.disk.pause_below,
+                "low": self.disk.low, "warn": self.disk.warn},
+            "paused_reason": self.disk_pause,
             "loop_errors": self.loop_errors,
             "last_error": (self.last_error or "")[-1000:] or None,
             "job": None,

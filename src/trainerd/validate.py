@@ -16,6 +16,7 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 MAX_ERRORS = 20
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one example this big is a mistake, not data
 BOM = b"\xef\xbb\xbf"
 
 
@@ -119,9 +120,22 @@ def _check_messages(msgs: Any) -> tuple[str | None, str | None]:
     return "messages", None
 
 
-def iter_lines(f) -> Any:
-    """Yield (line_number, raw_bytes) without the line ending; strips a leading BOM."""
-    for n, raw in enumerate(f, start=1):
+def iter_lines(f: Any) -> Any:
+    """Yield (line_number, raw_bytes) without the line ending; strips a leading BOM.
+
+    Reads at most MAX_LINE_BYTES of a line: a longer one (e.g. a whole JSON array saved
+    as .jsonl) yields None and is skipped in 1 MB chunks, so memory stays bounded."""
+    n = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > MAX_LINE_BYTES:
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+            yield n, None
+            continue
         if n == 1 and raw.startswith(BOM):
             raw = raw[len(BOM):]
         yield n, raw.rstrip(b"\r\n")
@@ -131,6 +145,9 @@ def validate_stream(f, path: str = "<stream>") -> Report:
     report = Report(path=path)
     for n, raw in iter_lines(f):
         report.lines = n
+        if raw is None:
+            report.add(n, f"line is longer than {MAX_LINE_BYTES >> 20} MB; one example per line, please")
+            continue
         if not raw.strip():
             continue  # blank lines are allowed and are not examples
         try:

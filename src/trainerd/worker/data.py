@@ -112,6 +112,8 @@ def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
     n_too_long = dropped = truncated = 0
     with open(path, "rb") as f:
         for n, raw in iter_lines(f):
+            if raw is None:
+                raise DataError(f"line {n}: longer than the validator's line limit")
             if not raw.strip():
                 continue
             obj = json.loads(raw.decode("utf-8"))

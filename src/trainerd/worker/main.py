@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _lock_job(job_dir)
         from trainerd.worker.data import DataError
-        from trainerd.worker.train import run_job
+        from trainerd.worker.train import DiskLow, NonFiniteLoss, run_job
 
         try:
             return int(run_job(job_dir, layout, stop))
@@ -120,11 +121,31 @@ def main(argv: list[str] | None = None) -> int:
             log.error("data error: %s", e)
             _report(job_dir, "data_error", str(e))
             return int(ExitCode.DATA_ERROR)
+        except NonFiniteLoss as e:
+            log.error("%s", e)
+            _report(job_dir, "nonfinite", str(e))
+            return int(ExitCode.NONFINITE)
+        except DiskLow as e:
+            log.error("%s", e)
+            _report(job_dir, "disk_low", str(e))
+            return int(ExitCode.DISK_LOW)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            return _crash(job_dir, e)
+        # Out of space mid-write: whatever was half-written stays under a temp name and is
+        # discarded on the next start; the daemon pauses itself until space returns.
+        log.error("disk full: %s", e)
+        _report(job_dir, "disk_low", f"the disk filled up while writing: {e}")
+        return int(ExitCode.DISK_LOW)
     except Exception as e:
-        tb = traceback.format_exc()
-        log.error("worker failed:\n%s", tb)
-        if _is_oom(e):
-            _report(job_dir, "resource_error", f"out of memory: {e}", tb)
-            return int(ExitCode.RESOURCE_ERROR)
-        _report(job_dir, "crash", f"{type(e).__name__}: {e}", tb)
-        return 1
+        return _crash(job_dir, e)
+
+
+def _crash(job_dir: Path, e: BaseException) -> int:
+    tb = traceback.format_exc()
+    log.error("worker failed:\n%s", tb)
+    if _is_oom(e):
+        _report(job_dir, "resource_error", f"out of memory: {e}", tb)
+        return int(ExitCode.RESOURCE_ERROR)
+    _report(job_dir, "crash", f"{type(e).__name__}: {e}", tb)
+    return 1

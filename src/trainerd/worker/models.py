@@ -129,6 +129,13 @@ def load_for_training(ref: ModelRef, cfg: TrainConfig):
 def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
             extra: dict[str, Any] | None = None) -> str:
     """Write the trained weights as the next version and make it current, atomically."""
+    import torch
+
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:  # never let NaN weights become the current model
+        from trainerd.worker.train import NonFiniteLoss
+
+        raise NonFiniteLoss(f"refusing to publish: non-finite values in {', '.join(bad[:5])}")
     existing = versions(layout)
     name = f"v{(_version_number(existing[-1]) or 0) + 1 if existing else 1:04d}"
     tmp = layout.models / f"{atomic.TMP_PREFIX}{name}-{meta.id}"

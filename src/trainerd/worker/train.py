@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainerd import __version__, atomic
+from trainerd import __version__, atomic, guards
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, ExitCode, JobMeta
 from trainerd.paths import Layout
@@ -30,25 +30,55 @@ log = logging.getLogger("trainerd.worker.train")
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """Loss or gradient norm became NaN/Inf; says at which step and on which examples."""
+
+
+class HostMemoryExceeded(MemoryError):
+    """The worker's RSS passed train.max_host_memory_gb (the CPU analogue of CUDA OOM)."""
+
+
+class DiskLow(RuntimeError):
+    """No room for the next checkpoint; the worker stops without writing a partial one."""
+
 
 
 def _callbacks():
     from transformers import TrainerCallback
 
     class Control(TrainerCallback):
-        """Stop at a step boundary with a checkpoint; also save every T minutes."""
+        """At each optimizer-step boundary: honour a stop request with a checkpoint, save
+        every T minutes, enforce the host-memory ceiling, and never start a checkpoint
+        that the disk cannot hold."""
 
-        def __init__(self, stop: StopFlag, every_minutes: float):
-            self.stop, self.every = stop, every_minutes * 60
+        def __init__(self, stop: StopFlag, cfg: Config, job_dir: Path):
+            self.stop, self.every = stop, cfg.checkpoint.every_minutes * 60
+            self.cfg, self.job_dir = cfg, job_dir
             self.last_save = time.monotonic()
+            self.max_rss = int(cfg.train.max_host_memory_gb * 1024**3)
+            self.disk_low: str | None = None
 
         def on_step_end(self, args, state, control, **kw):
+            if self.max_rss:
+                import psutil
+
+                rss = psutil.Process().memory_info().rss
+                if rss > self.max_rss:
+                    raise HostMemoryExceeded(
+                        f"worker RSS {rss / 2**30:.2f} GB passed train.max_host_memory_gb = "
+                        f"{self.cfg.train.max_host_memory_gb:g} at step {state.global_step}")
             if self.stop:
                 control.should_save = True
                 control.should_training_stop = True
             elif time.monotonic() - self.last_save >= self.every:
                 control.should_save = True
+            if control.should_save:
+                newest = checkpoints.committed(self.job_dir)
+                r = guards.reading(self.job_dir, self.cfg.disk,
+                                   guards.dir_bytes(newest[0]) if newest else 0)
+                if r.low:
+                    self.disk_low = r.message()
+                    control.should_save = False
+                    control.should_training_stop = True
             return control
 
         def on_save(self, args, state, control, **kw):
@@ -71,13 +101,14 @@ def _callbacks():
                 "saved_at": time.time(),
             })
             checkpoints.prune(self.job_dir, self.keep)
-            self.progress.checkpoint(dest.name, time.monotonic() - t0)
+            self.progress.checkpoint(dest.name, time.monotonic() - t0, guards.dir_bytes(dest))
 
     class Progress(TrainerCallback):
         """progress.json (rewritten atomically) and metrics.jsonl, for status and history."""
 
         def __init__(self, job_dir: Path, attempt: int, ds: JobDataset, per_step: int):
             self.job_dir, self.attempt, self.per_step = job_dir, attempt, per_step
+            self.ds = ds
             self.n = len(ds)
             self.tokens_before = ds.tokens_before()
             self.t0 = time.monotonic()
@@ -93,10 +124,13 @@ def _callbacks():
             self.t0 = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kw):
+            # Logged every step, before that step's checkpoint: a NaN is caught before it
+            # can be saved, and the last committed checkpoint is still good.
             logs = logs or {}
-            loss = logs.get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise NonFiniteLoss(f"loss became {loss} at step {state.global_step}")
+            for key in ("loss", "grad_norm"):
+                v = logs.get(key)
+                if v is not None and not math.isfinite(v):
+                    raise NonFiniteLoss(self._where(key, v, state.global_step))
             if not state.is_world_process_zero or "loss" not in logs:
                 return
             done = self.examples_done(state.global_step)
@@ -104,7 +138,7 @@ def _callbacks():
             elapsed = max(1e-9, time.monotonic() - self.t0)
             row = {
                 "attempt": self.attempt, "step": state.global_step, "ts": time.time(),
-                "loss": loss, "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                "loss": logs["loss"], "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                 "examples_done": done, "tokens_done": tokens,
                 "tokens_per_s": (tokens - (self.start_tokens or 0)) / elapsed,
             }
@@ -113,9 +147,16 @@ def _callbacks():
             self.last = row
             self._write(state)
 
-        def checkpoint(self, name: str, seconds: float) -> None:
+        def _where(self, key: str, value: float, step: int) -> str:
+            lo, hi = self.examples_done(step - 1), self.examples_done(step)
+            lines = sorted(int(self.ds.tok.lines[self.ds.order[k]]) for k in range(lo, hi))
+            shown = ", ".join(map(str, lines[:20])) + (" ..." if len(lines) > 20 else "")
+            return (f"{key} became {value} at step {step}, on examples {lo}-{hi - 1} of the epoch "
+                    f"(data.jsonl lines {shown})")
+
+        def checkpoint(self, name: str, seconds: float, nbytes: int) -> None:
             self.last_ckpt = {"last_checkpoint": name, "last_checkpoint_at": time.time(),
-                              "last_checkpoint_seconds": seconds}
+                              "last_checkpoint_seconds": seconds, "last_checkpoint_bytes": nbytes}
 
         def _write(self, state) -> None:
             try:
@@ -236,16 +277,23 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
 
     torch.manual_seed(seed)
     model = models.load_for_training(parent, cfg.train)
+    if meta.micro_batch_size and meta.micro_batch_size != cfg.train.micro_batch_size:
+        effective = cfg.train.micro_batch_size * cfg.train.grad_accum
+        mb = meta.micro_batch_size
+        cfg.train.micro_batch_size, cfg.train.grad_accum = mb, effective // mb
+        log.info("out-of-memory fallback: micro-batch %d x grad_accum %d (same effective batch %d)",
+                 mb, effective // mb, effective)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world
     Control, Commit, Progress = _callbacks()
     progress = Progress(job_dir, attempt, ds, per_step)
+    ctl = Control(stop, cfg, job_dir)
     trainer = _job_trainer()(
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
         train_dataset=ds,
         data_collator=collator(cfg, tokenizer),
-        callbacks=[Control(stop, cfg.checkpoint.every_minutes), progress,
+        callbacks=[ctl, progress,
                    Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep)],
     )
     if stop:  # asked to stop while loading: nothing new to save
@@ -253,6 +301,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         return ExitCode.STOPPED
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
+    if ctl.disk_low:
+        raise DiskLow(f"stopped at step {trainer.state.global_step} before checkpointing: {ctl.disk_low}")
     if trainer.state.global_step < trainer.state.max_steps:
         log.info("stopped at step %d/%d with a checkpoint (%s)", trainer.state.global_step,
                  trainer.state.max_steps, stop.reason or "stop requested")
