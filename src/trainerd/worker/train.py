@@ -216,6 +216,8 @@ def training_arguments(cfg: Config, output_dir: Path, seed: int):
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_steps=1,
+        # Trainer would replace a NaN loss by the running mean in the logs; we want to see it.
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=cfg.checkpoint.every_steps,
         save_total_limit=None,  # retention is ours (only committed checkpoints count)
