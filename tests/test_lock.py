@@ -50,3 +50,30 @@ def test_twenty_concurrent_takers_exactly_one_wins(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(20)]
     codes = [pr.wait(timeout=60) for pr in procs]
     assert codes.count(0) == 1 and codes.count(3) == 19, codes
+
+
+def test_twenty_trainerd_runs_at_once_exactly_one_daemon(base):
+    import signal
+
+    from tests.conftest import trainerd_cmd
+
+    procs = [subprocess.Popen([*trainerd_cmd(), "run", "--base-dir", str(base)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(20)]
+    try:
+        losers = []
+        deadline = time.time() + 120
+        while len(losers) < 19 and time.time() < deadline:
+            losers = [p for p in procs if p.poll() is not None]
+            time.sleep(0.2)
+        assert len(losers) == 19, [p.poll() for p in procs]
+        for p in losers:
+            assert p.returncode == 3
+            assert "already running (pid" in p.stderr.read()
+        [winner] = [p for p in procs if p.poll() is None]
+        assert holder(base / "run" / "trainerd.lock").pid == winner.pid
+        winner.send_signal(signal.SIGTERM)
+        assert winner.wait(30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()

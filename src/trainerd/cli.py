@@ -196,6 +196,18 @@ def validate(
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 
+@app.command("systemd-unit")
+def systemd_unit(
+    base_dir: Path = BaseDir,
+    user: str | None = typer.Option(None, help="User= line for the unit"),
+    stop_timeout: int = typer.Option(900, help="TimeoutStopSec: long enough for a checkpoint"),
+) -> None:
+    """Print a systemd unit (Type=notify, watchdog, warm stop on SIGTERM) for this base dir."""
+    from trainerd.systemd import unit
+
+    print(unit(_layout(base_dir).base, user, stop_timeout), end="")
+
+
 # ------------------------------------------------------------------ control
 def _wish(base_dir: Path, state: control.Desired, reason: str | None) -> None:
     from trainerd.lock import holder

@@ -60,7 +60,7 @@ class DaemonLock:
                     os.close(fd)
                     holder = _read_holder(self.path)
                     raise AlreadyRunning(
-                        f"trainerd is already running on this base dir ({holder.describe()}); "
+                        f"trainerd is already running ({holder.describe()}) on {self.path.parent.parent}; "
                         f"stop it with `trainerd stop` or use another --base-dir"
                     ) from None
                 time.sleep(0.02)

@@ -40,6 +40,7 @@ from trainerd.ledger import Ledger
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue
+from trainerd.systemd import Notifier
 
 log = logging.getLogger("trainerd.supervisor")
 
@@ -107,6 +108,7 @@ class Supervisor:
         self._last_status = 0.0
         self._last_written: tuple[str, bool] | None = None  # a state change is written at once
         self._observer: Any = None
+        self.notify = Notifier()
 
     # ------------------------------------------------------------ plumbing
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
@@ -173,8 +175,10 @@ class Supervisor:
             self._event("daemon_start", pid=os.getpid())
             self._watch_inbox()
             log.info("trainerd running on %s (pid %d)", self.layout.base, os.getpid())
+            self.notify.ready(f"running on {self.layout.base}")
             return self._loop()
         finally:
+            self.notify.stopping()
             if self._observer is not None:
                 with contextlib.suppress(Exception):
                     self._observer.stop()
@@ -200,6 +204,7 @@ class Supervisor:
                 log.error("main loop error (%d in a row):\n%s", self.loop_errors, self.last_error)
                 self._event("loop_error", error=self.last_error[-2000:])
                 time.sleep(min(30.0, 0.5 * 2 ** min(self.loop_errors, 6)))
+            self.notify.ping(self._one_line())
             self.wake.wait(self._sleep_time())
             self.wake.clear()
 
@@ -446,6 +451,10 @@ class Supervisor:
         control.clear_skip(self.layout)  # a skip never outlives its job's activity
 
     # ------------------------------------------------------------ status
+    def _one_line(self) -> str:
+        job = f" {self.running.ref.id}" if self.running else ""
+        return f"{self.state}{job}; {self.queue.counts()['queued']} queued"
+
     def _write_status(self, force: bool = False) -> None:
         now = time.time()
         changed = (self.state, self.running is not None) != self._last_written
