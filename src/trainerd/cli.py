@@ -178,34 +178,52 @@ def status(
 @app.command()
 def validate(
     files: list[Path] = typer.Argument(..., help="JSONL files to check"),
+    base_dir: Path | None = typer.Option(
+        None, "--base-dir", "-b",
+        help="also tokenize with this base dir's current model: token lengths, over-length share"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check JSONL files as the daemon would at intake; exit 1 if any is bad."""
     from trainerd.validate import validate_file
 
     reports = [validate_file(f) for f in files]
+    results = [r.to_dict() for r in reports]
+    if base_dir is not None and any(r.ok for r in reports):
+        tokens = _token_reports(_layout(base_dir), [r for r in reports if r.ok])
+        for d in results:
+            d["tokens"] = tokens.get(d["path"])
     if as_json:
-        out.print_json(json.dumps([r.to_dict() for r in reports]))
+        out.print_json(json.dumps(results))
     else:
-        for r in reports:
+        for r, d in zip(reports, results, strict=True):
             if r.ok:
                 fmts = ", ".join(f"{k} {v}" for k, v in r.formats.items())
-                out.print(f"[green]ok[/]   {r.path}: {r.examples} examples ({fmts})", highlight=False)
+                out.print(f"[green]ok[/]   {escape(r.path)}: {r.examples} examples ({fmts})", highlight=False)
+                if d.get("tokens"):
+                    t = d["tokens"]
+                    for k in ("prompt_tokens", "trained_tokens"):
+                        s = t[k]
+                        out.print(f"       {k.replace('_', ' ')}: min {s['min']}, mean {s['mean']}, "
+                                  f"p95 {s['p95']}, max {s['max']}")
+                    out.print(f"       over max_seq_len {t['max_seq_len']}: {t['over_max_seq_len']} "
+                              f"({100 * t['over_share']:.1f}%), policy '{t['overlength_policy']}'")
             else:
                 out.print(f"[red]bad[/]  {escape(r.path)}: {escape(r.reason())}", highlight=False)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 
-@app.command("systemd-unit")
-def systemd_unit(
-    base_dir: Path = BaseDir,
-    user: str | None = typer.Option(None, help="User= line for the unit"),
-    stop_timeout: int = typer.Option(900, help="TimeoutStopSec: long enough for a checkpoint"),
-) -> None:
-    """Print a systemd unit (Type=notify, watchdog, warm stop on SIGTERM) for this base dir."""
-    from trainerd.systemd import unit
+def _token_reports(layout: Layout, reports: list) -> dict[str, dict]:
+    """Token statistics with the current model's tokenizer and chat template (imports the
+    training stack: a few seconds, only when asked for)."""
+    from trainerd.worker.data import token_report
+    from trainerd.worker.models import current, load_tokenizer
 
-    print(unit(_layout(base_dir).base, user, stop_timeout), end="")
+    try:
+        cfg = load_config(layout.config)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    tok = load_tokenizer(current(layout, cfg))
+    return {r.path: token_report(Path(r.path), tok, cfg.train) for r in reports}
 
 
 # ------------------------------------------------------------------ control

@@ -932,7 +932,9 @@ def start_server(layout: Layout, cfg: ServerConfig, heartbeat: Callable[[], floa
     # The URL a client on this machine uses: a wildcard bind is reached through loopback.
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.5},
+    # serve_forever notices stop() only between polls: 0.1 s keeps stopping prompt (a
+    # daemon's warm stop, a test's teardown) for ten idle wake-ups a second.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
                               name="trainerd-http", daemon=True)
     thread.start()
     atomic.write_json(layout.run / SERVER_JSON, {"url": url, "port": port, "pid": os.getpid()})

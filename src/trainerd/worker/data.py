@@ -89,7 +89,12 @@ def _mask_by_prefix(msgs: list[dict], tokenizer: Any) -> tuple[list[int], list[i
                 "the model's chat template renders a conversation differently from its prefixes, "
                 "so assistant tokens cannot be located; use a template with {% generation %} markers"
             )
-        for j in range(len(before), len(upto)):
+        end = len(upto)
+        eos = tokenizer.eos_token_id
+        span = upto[len(before):]
+        if eos is not None and eos in span:  # stop at the turn's end marker, not the separator after it
+            end = len(before) + len(span) - span[::-1].index(eos)
+        for j in range(len(before), end):
             mask[j] = 1
     return full, mask
 
@@ -205,3 +210,38 @@ class JobDataset(torch.utils.data.Dataset):
         """Cumulative real tokens in training order: tokens_before()[k] = tokens of items < k."""
         lengths = self.tok.lengths()[self.order]
         return np.concatenate([[0], np.cumsum(lengths)])
+
+
+def _stats(xs: list[int]) -> dict[str, float]:
+    if not xs:
+        return {"min": 0, "mean": 0.0, "p95": 0, "max": 0}
+    a = np.asarray(xs)
+    return {"min": int(a.min()), "mean": round(float(a.mean()), 1), "p95": int(np.percentile(a, 95)),
+            "max": int(a.max())}
+
+
+def token_report(path: Path, tokenizer: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """Token lengths of a file's valid examples as the worker would render them: prompt
+    (masked) and trained tokens, and how many exceed train.max_seq_len."""
+    prompt: list[int] = []
+    trained: list[int] = []
+    over = 0
+    with open(path, "rb") as f:
+        for _n, raw in iter_lines(f):
+            if raw is None or not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if example_format(obj)[0] is None:
+                continue
+            ids, mask = tokenize_example(obj, tokenizer)
+            t = sum(mask)
+            prompt.append(len(ids) - t)
+            trained.append(t)
+            over += len(ids) > cfg.max_seq_len
+    n = len(trained)
+    return {"prompt_tokens": _stats(prompt), "trained_tokens": _stats(trained),
+            "max_seq_len": cfg.max_seq_len, "overlength_policy": cfg.overlength,
+            "over_max_seq_len": over, "over_share": round(over / n, 4) if n else 0.0}

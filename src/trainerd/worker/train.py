@@ -240,9 +240,16 @@ def collator(cfg: Config, tokenizer: Any):
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if cfg.train.packing:
-        # Padding-free: one row per micro-batch, position ids restart at every example,
-        # so attention and loss never cross example boundaries.
-        return DataCollatorWithFlattening(return_position_ids=True)
+        # Padding-free: one row per micro-batch, position ids restart at every example.
+        # HF builds the block-diagonal mask from those position ids only when the forward
+        # has no KV cache; with a cache, attention silently crosses examples. So every
+        # batch carries use_cache=False itself, whatever the model's config says.
+        flatten = DataCollatorWithFlattening(return_position_ids=True)
+
+        def packed(features: list[dict]) -> dict:
+            return {**flatten(features), "use_cache": False}
+
+        return packed
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
 

@@ -1,0 +1,143 @@
+"""The dashboard in a real browser, against a real daemon training a real (tiny) model.
+
+Headless Chromium (Debian's, driven by the `playwright` package; `playwright install` is
+never run) loads the page, watches the loss curve grow, enters the token, clicks Pause and
+sees the daemon converge to paused. Screenshots land in tests/artifacts/ for a person to
+judge the design.
+
+The supervisor does not start the HTTP server yet, so this test runs it in the test
+process, fed by the daemon's own heartbeat in run/status.json; the daemon's config says
+`[server] enabled = false` so that, once the supervisor does start one, the two never
+compete for run/server.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import chat_rows, cli, daemon_log, make_base, start_daemon, wait_for, write_jsonl
+from trainerd.config import ServerConfig
+from trainerd.paths import Layout
+from trainerd.server import read_token, start_server
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+# 100 examples / micro-batch 2 = 50 steps: long enough to watch, pause and resume.
+CONFIG = "[train]\nmicro_batch_size = 2\n[server]\nenabled = false\n"
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright; it drives "
+        "the system Chromium, `playwright install` is not needed)")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no {CHROMIUM}: apt-get install -y chromium")
+    with sync_api.sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except Exception as e:  # e.g. a chromium that cannot start in this container
+            pytest.skip(f"{CHROMIUM} does not start headless here: {e}")
+        yield b
+        b.close()
+
+
+def points(page) -> int:
+    return int(page.get_attribute("#loss-chart", "data-points") or 0)
+
+
+def active_step(layout: Layout, name: str) -> int:
+    for d in layout.active.iterdir():
+        try:
+            if json.loads((d / "job.json").read_text())["original_name"] == name:
+                return int(json.loads((d / "progress.json").read_text()).get("step", 0))
+        except (OSError, ValueError, KeyError):
+            pass
+    return 0
+
+
+def test_dashboard_follows_training_and_pauses_the_daemon(tmp_path, tiny_model, browser):
+    base = make_base(tmp_path / "b", tiny_model, CONFIG)
+    layout = Layout.at(base)
+    # A short job that finishes (history, a model version), the main one to watch, a
+    # broken file (failed, with its line), and one that waits in the queue.
+    write_jsonl(base / "inbox" / "a-intro.jsonl", chat_rows(12, "intro"))
+    write_jsonl(base / "inbox" / "b-main.jsonl", chat_rows(100, "main"))
+    (base / "inbox" / "c-broken.jsonl").write_text('{"text": "fine"}\n{"messages": [}\n')
+    os.utime(base / "inbox" / "c-broken.jsonl", (0, 0))
+    write_jsonl(base / "inbox" / "d-later.jsonl", chat_rows(20, "later"))
+
+    def heartbeat() -> float:
+        return float(json.loads(layout.status.read_text())["heartbeat_at"])
+
+    daemon = start_daemon(base)
+    server = start_server(layout, ServerConfig(port=0), heartbeat)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+        page.goto(server.url)
+        assert page.title() == "trainerd"
+
+        wait_for(lambda: os.listdir(layout.done), timeout=240, what="the intro job to finish")
+        wait_for(lambda: active_step(layout, "b-main.jsonl") >= 1, timeout=240, what="the main job to train")
+        # The chart follows the active job and grows with it.
+        page.wait_for_function(
+            "document.getElementById('chart-title').textContent.includes('b-main')"
+            " && Number(document.getElementById('loss-chart').dataset.points) >= 3", timeout=60_000)
+        before = points(page)
+        page.wait_for_function(f"Number(document.getElementById('loss-chart').dataset.points) > {before}",
+                               timeout=60_000)
+        assert points(page) > before
+        page.wait_for_function("document.getElementById('job-eta').textContent.startsWith('ETA ')",
+                               timeout=30_000)
+        assert page.inner_text("#daemon-state") == "training"
+        assert "step" in page.inner_text("#job-progress")
+        assert "b-main.jsonl" in page.inner_text("#job-name")
+        assert "d-later.jsonl" in page.inner_text("#queue-table")
+        assert "line 2" in page.inner_text("#failed-list")
+        page.wait_for_function("document.querySelector('#history-table').innerText.includes('a-intro')",
+                               timeout=30_000)
+        assert "v0001" in page.inner_text("#models-table")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-training.png"), full_page=True)
+
+        # Control needs the token: first without it, the page asks for it.
+        page.evaluate("localStorage.removeItem('trainerd.token')")
+        page.click("#btn-pause")
+        assert page.is_visible("#token-input")
+        assert json.loads((layout.control / "state.json").read_text() if (layout.control / "state.json").exists()
+                          else '{"state": "running"}')["state"] == "running"
+        page.fill("#token-input", read_token(layout) or "")
+        page.click("#token-save")
+        assert page.is_hidden("#token-bar")
+        page.click("#btn-pause")
+        page.wait_for_function("document.getElementById('daemon-state').textContent === 'paused'",
+                               timeout=120_000)
+        # The daemon converged: the worker checkpointed and stopped, the job waits in active/.
+        st = json.loads(layout.status.read_text())
+        assert st["state"] == "paused" and st["desired"] == "paused"
+        [job] = [d for d in layout.active.iterdir()]
+        meta = json.loads((job / "job.json").read_text())
+        assert meta["attempts"][-1]["outcome"] == "stopped"
+        assert page.is_disabled("#btn-pause") and page.is_enabled("#btn-resume")
+        page.wait_for_timeout(2500)  # one more poll, so the picture is settled
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert not problems, problems
+    finally:
+        server.stop()
+        cli("stop", "--base-dir", base, check=False)
+        try:
+            assert daemon.wait(60) == 0, daemon_log(base)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()

@@ -1,0 +1,122 @@
+"""Rendering and masking: labels from the chat template, token by token; packing that
+never lets attention or loss cross examples."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import cli, write_jsonl
+from trainerd.config import TrainConfig
+from trainerd.worker.data import (
+    DataError,
+    _mask_by_prefix,
+    token_report,
+    tokenize_example,
+    tokenize_file,
+)
+
+CONV = {"messages": [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Two plus two?"},
+    {"role": "assistant", "content": "Four."},
+]}
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_multi_turn_labels_are_exactly_the_assistant_turns(tok):
+    ids, mask = tokenize_example(CONV, tok)
+    assert len(ids) == len(mask)
+    trained = [tok.decode([i]) for i, m in zip(ids, mask, strict=True) if m]
+    masked = tok.decode([i for i, m in zip(ids, mask, strict=True) if not m])
+    # Every assistant token (content + end marker) is trained; nothing else is.
+    assert "".join(trained) == "Hello!<|im_end|>Four.<|im_end|>"
+    for text in ("Be brief.", "Hi there", "Two plus two?", "<|im_start|>assistant\n", "<|im_start|>user"):
+        assert text in masked
+    # Token by token: the mask is 1 exactly on the two assistant spans.
+    spans, cur = [], None
+    for k, m in enumerate(mask):
+        if m and cur is None:
+            cur = k
+        if not m and cur is not None:
+            spans.append((cur, k))
+            cur = None
+    assert len(spans) == 2
+    for (a, b), content in zip(spans, ("Hello!", "Four."), strict=True):
+        assert tok.decode(ids[a:b]) == content + "<|im_end|>"
+
+
+def test_prefix_diff_fallback_agrees_with_generation_markers(tok):
+    """Templates without {% generation %} markers (many real models) get the same masks."""
+    msgs = CONV["messages"]
+    assert _mask_by_prefix(msgs, tok) == tokenize_example(CONV, tok)
+
+
+def test_prompt_completion_and_text(tok):
+    ids, mask = tokenize_example({"prompt": "2+2=", "completion": " 4"}, tok)
+    assert tok.decode([i for i, m in zip(ids, mask, strict=True) if m]) == " 4<|im_end|>"
+    assert tok.decode([i for i, m in zip(ids, mask, strict=True) if not m]) == "2+2="
+    ids, mask = tokenize_example({"text": "all of it"}, tok)
+    assert all(mask) and tok.decode(ids) == "all of it<|im_end|>"
+
+
+def test_overlength_policies(tok, tmp_path):
+    long = {"messages": [{"role": "user", "content": "x " * 100}, {"role": "assistant", "content": "ok"}]}
+    p = write_jsonl(tmp_path / "d.jsonl", [CONV, long, CONV])
+    with pytest.raises(DataError, match=r"1 example\(s\) longer than train.max_seq_len = 100 tokens: line 2"):
+        tokenize_file(p, tok, TrainConfig(max_seq_len=100, overlength="fail"))
+    t = tokenize_file(p, tok, TrainConfig(max_seq_len=100, overlength="drop"))
+    assert len(t) == 2 and t.dropped == 1 and list(t.lines) == [1, 3]
+    t = tokenize_file(p, tok, TrainConfig(max_seq_len=100, overlength="truncate"))
+    # The truncated example lost its assistant turn entirely: dropped, not trained on nothing.
+    assert len(t) == 2 and t.dropped == 1
+
+
+def test_token_report_and_cli(tok, tmp_path, base):
+    p = write_jsonl(tmp_path / "d.jsonl", [CONV] * 3 + [{"text": "w " * 300}])
+    r = token_report(p, tok, TrainConfig(max_seq_len=256))
+    assert r["trained_tokens"]["min"] > 0 and r["over_max_seq_len"] == 1 and r["over_share"] == 0.25
+    out = json.loads(cli("validate", p, "--base-dir", base, "--json").stdout)[0]
+    assert out["ok"] and out["tokens"]["over_max_seq_len"] == 1 and out["tokens"]["prompt_tokens"]["max"] > 0
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
+    """The worker's packed batch (one row, position ids restarting per example) must give
+    the token-weighted mean of running each example alone, and the same logits: nothing
+    crosses an example boundary. The model keeps its default use_cache=True, as a loaded
+    model does: the worker's collator must switch the cache off by itself."""
+    from transformers import AutoModelForCausalLM
+
+    from trainerd.config import Config
+    from trainerd.worker.train import collator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
+    assert model.config.use_cache
+    examples = []
+    for conv in (CONV, {"messages": CONV["messages"][:3]}, {"prompt": "2+2=", "completion": " 4"}):
+        ids, mask = tokenize_example(conv, tok)
+        examples.append({"input_ids": ids, "labels": [i if m else -100 for i, m in zip(ids, mask, strict=True)]})
+    batch = collator(Config(base_model="x"), tok)(examples)
+    assert batch["input_ids"].shape[0] == 1  # one row: no padding at all
+    with torch.no_grad():
+        out = model(**batch)
+        total, count, start = 0.0, 0, 0
+        for ex in examples:
+            ids = torch.tensor([ex["input_ids"]])
+            alone = model(input_ids=ids, labels=torch.tensor([ex["labels"]]))
+            n = int((torch.tensor(ex["labels"][1:]) != -100).sum())
+            total += float(alone.loss) * n
+            count += n
+            torch.testing.assert_close(out.logits[0, start:start + ids.shape[1]], alone.logits[0],
+                                       rtol=1e-4, atol=1e-4)
+            start += ids.shape[1]
+    torch.testing.assert_close(out.loss, torch.tensor(total / count), rtol=1e-5, atol=1e-5)
