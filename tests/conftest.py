@@ -53,7 +53,7 @@ def tiny_model(tmp_path_factory) -> Path:
     from trainerd.worker.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(out, warm_seconds=1.0)
+    build_tiny_model(out, warm_steps=40)
     return out
 
 

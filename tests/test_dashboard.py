@@ -15,11 +15,21 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import chat_rows, cli, daemon_log, make_base, start_daemon, wait_for, write_jsonl
+from tests.conftest import (
+    chat_rows,
+    cli,
+    daemon_log,
+    make_base,
+    start_daemon,
+    wait_for,
+    write_jsonl,
+)
+from trainerd import control
 from trainerd.config import ServerConfig
 from trainerd.paths import Layout
 from trainerd.server import read_token, start_server
@@ -30,7 +40,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-# 100 examples / micro-batch 2 = 50 steps: long enough to watch, pause and resume.
+# 200 examples / micro-batch 2 = 100 steps: long enough to watch the curve grow and pause
+# mid-epoch, even on a fast machine (the tiny model does ~10 steps/s on 2 cores).
 CONFIG = "[train]\nmicro_batch_size = 2\n[server]\nenabled = false\n"
 
 
@@ -54,6 +65,12 @@ def points(page) -> int:
     return int(page.get_attribute("#loss-chart", "data-points") or 0)
 
 
+def wait_page(page, js: str, timeout: float, what: str) -> None:
+    """Poll a JS expression from here: the page's CSP forbids eval, so Playwright's own
+    wait_for_function (which evals its predicate inside the page) cannot run there."""
+    wait_for(lambda: page.evaluate(js), timeout=timeout, interval=0.25, what=what)
+
+
 def active_step(layout: Layout, name: str) -> int:
     for d in layout.active.iterdir():
         try:
@@ -70,9 +87,10 @@ def test_dashboard_follows_training_and_pauses_the_daemon(tmp_path, tiny_model, 
     # A short job that finishes (history, a model version), the main one to watch, a
     # broken file (failed, with its line), and one that waits in the queue.
     write_jsonl(base / "inbox" / "a-intro.jsonl", chat_rows(12, "intro"))
-    write_jsonl(base / "inbox" / "b-main.jsonl", chat_rows(100, "main"))
+    write_jsonl(base / "inbox" / "b-main.jsonl", chat_rows(200, "main"))
     (base / "inbox" / "c-broken.jsonl").write_text('{"text": "fine"}\n{"messages": [}\n')
-    os.utime(base / "inbox" / "c-broken.jsonl", (0, 0))
+    settled = time.time() - 3600  # as write_jsonl does: no settle wait
+    os.utime(base / "inbox" / "c-broken.jsonl", (settled, settled))
     write_jsonl(base / "inbox" / "d-later.jsonl", chat_rows(20, "later"))
 
     def heartbeat() -> float:
@@ -92,44 +110,44 @@ def test_dashboard_follows_training_and_pauses_the_daemon(tmp_path, tiny_model, 
         wait_for(lambda: os.listdir(layout.done), timeout=240, what="the intro job to finish")
         wait_for(lambda: active_step(layout, "b-main.jsonl") >= 1, timeout=240, what="the main job to train")
         # The chart follows the active job and grows with it.
-        page.wait_for_function(
-            "document.getElementById('chart-title').textContent.includes('b-main')"
-            " && Number(document.getElementById('loss-chart').dataset.points) >= 3", timeout=60_000)
+        wait_page(page, "document.getElementById('chart-title').textContent.includes('b-main')"
+                  " && Number(document.getElementById('loss-chart').dataset.points) >= 3", 60,
+                  "the chart to show the main job")
         before = points(page)
-        page.wait_for_function(f"Number(document.getElementById('loss-chart').dataset.points) > {before}",
-                               timeout=60_000)
+        wait_page(page, f"Number(document.getElementById('loss-chart').dataset.points) > {before}", 60,
+                  "more points on the loss chart")
         assert points(page) > before
-        page.wait_for_function("document.getElementById('job-eta').textContent.startsWith('ETA ')",
-                               timeout=30_000)
+        wait_page(page, "document.getElementById('job-eta').textContent.startsWith('ETA ')", 30, "an ETA")
         assert page.inner_text("#daemon-state") == "training"
         assert "step" in page.inner_text("#job-progress")
         assert "b-main.jsonl" in page.inner_text("#job-name")
-        assert "d-later.jsonl" in page.inner_text("#queue-table")
-        assert "line 2" in page.inner_text("#failed-list")
-        page.wait_for_function("document.querySelector('#history-table').innerText.includes('a-intro')",
-                               timeout=30_000)
-        assert "v0001" in page.inner_text("#models-table")
         page.screenshot(path=str(ARTIFACTS / "dashboard-training.png"), full_page=True)
 
         # Control needs the token: first without it, the page asks for it.
         page.evaluate("localStorage.removeItem('trainerd.token')")
         page.click("#btn-pause")
         assert page.is_visible("#token-input")
-        assert json.loads((layout.control / "state.json").read_text() if (layout.control / "state.json").exists()
-                          else '{"state": "running"}')["state"] == "running"
+        assert control.read_wish(layout).state == control.Desired.RUNNING  # nothing sent without it
         page.fill("#token-input", read_token(layout) or "")
         page.click("#token-save")
         assert page.is_hidden("#token-bar")
         page.click("#btn-pause")
-        page.wait_for_function("document.getElementById('daemon-state').textContent === 'paused'",
-                               timeout=120_000)
+        wait_page(page, "document.getElementById('daemon-state').textContent === 'paused'", 120,
+                  "the page to show the daemon paused")
         # The daemon converged: the worker checkpointed and stopped, the job waits in active/.
         st = json.loads(layout.status.read_text())
         assert st["state"] == "paused" and st["desired"] == "paused"
-        [job] = [d for d in layout.active.iterdir()]
+        [job] = list(layout.active.iterdir())
         meta = json.loads((job / "job.json").read_text())
         assert meta["attempts"][-1]["outcome"] == "stopped"
         assert page.is_disabled("#btn-pause") and page.is_enabled("#btn-resume")
+        # The rest of the page: the queue, the failure with its line, history, models.
+        assert "d-later.jsonl" in page.inner_text("#queue-table")
+        assert "line 2" in page.inner_text("#failed-list")
+        wait_page(page, "document.querySelector('#history-table').innerText.includes('a-intro')", 30,
+                  "the intro job in the history")
+        assert "v0001" in page.inner_text("#models-table")
+        assert "paused" in page.inner_text("#job-eta")
         page.wait_for_timeout(2500)  # one more poll, so the picture is settled
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         assert not problems, problems

@@ -18,7 +18,7 @@ def samples_dir() -> Path:
 
 
 def init_base(base: Path, *, tiny_model: bool = False, base_model: str | None = None,
-              warm_seconds: float = 8.0, force: bool = False) -> dict[str, Any]:
+              warm_steps: int = 300, force: bool = False) -> dict[str, Any]:
     layout = Layout.at(base)
     layout.ensure()
     info: dict[str, Any] = {"base_dir": str(layout.base)}
@@ -29,7 +29,7 @@ def init_base(base: Path, *, tiny_model: bool = False, base_model: str | None = 
 
             shutil.rmtree(target, ignore_errors=True)
             info["tiny_model"] = build_tiny_model(target, samples_dir=samples_dir(),
-                                                  warm_seconds=warm_seconds)
+                                                  warm_steps=warm_steps)
         base_model = TINY_DIR
     if layout.config.exists() and not force:
         info["config"] = f"{layout.config} exists; left as it is"

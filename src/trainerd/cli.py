@@ -73,7 +73,7 @@ def init(
     base_dir: Path = BaseDir,
     tiny_model: bool = typer.Option(False, "--tiny-model", help="build a tiny local model and use it"),
     base_model: str | None = typer.Option(None, help="local model directory or hub id"),
-    warm_seconds: float = typer.Option(8.0, help="seconds of full fine-tuning to warm the tiny model"),
+    warm_steps: int = typer.Option(300, help="full fine-tuning steps that warm the tiny model"),
     samples: bool = typer.Option(False, "--samples", help="also drop the shipped sample files into inbox/"),
     force: bool = typer.Option(False, help="overwrite an existing config / tiny model"),
 ) -> None:
@@ -81,7 +81,7 @@ def init(
     from trainerd.bootstrap import copy_samples, init_base
 
     info = init_base(base_dir, tiny_model=tiny_model, base_model=base_model,
-                     warm_seconds=warm_seconds, force=force)
+                     warm_steps=warm_steps, force=force)
     out.print(f"base dir: {info['base_dir']}\nconfig:   {info['config']}")
     if "tiny_model" in info:
         t = info["tiny_model"]

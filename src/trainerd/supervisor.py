@@ -182,6 +182,7 @@ class Supervisor:
             if self._observer is not None:
                 with contextlib.suppress(Exception):
                     self._observer.stop()
+                    self._observer.join(timeout=2)
             self.state = "stopped"
             with contextlib.suppress(Exception):
                 self._write_status(force=True)

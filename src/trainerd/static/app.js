@@ -188,8 +188,8 @@ function renderJob(s) {
   if (!j) return;
   const training = s.daemon && s.daemon.state === "training";
   badges.append(h("span", { class: `badge ${j.priority || ""}` }, j.priority || ""),
-    h("span", { class: "badge" }, `attempt ${j.attempt || 1}`),
-    training ? null : h("span", { class: "badge warn" }, "not training"));
+    h("span", { class: "badge" }, `attempt ${j.attempt || 1}`));
+  if (!training) badges.append(h("span", { class: "badge warn" }, "not training"));
   setText("job-name", j.name || j.id);
   setText("job-id", j.id);
   const frac = j.max_steps ? Math.min(1, (j.step || 0) / j.max_steps) : 0;
@@ -472,6 +472,7 @@ function renderCharts(m, label) {
   const loss = pick("loss");
   const markers = [];
   order.forEach((i, k) => { if (k && s.attempt[i] !== s.attempt[order[k - 1]]) markers.push(s.step[i]); });
+  $("legend-resumed").hidden = !markers.length;
   const empty = ui.chartJob ? "waiting for the first logged step…" : "no job to show yet";
   drawChart($("loss-chart"), {
     xs, color: "--accent", fmt: (v) => v.toFixed(Math.abs(v) < 10 ? 3 : 1), markers, empty,

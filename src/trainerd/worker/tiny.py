@@ -2,15 +2,15 @@
 
 Used by `trainerd init --tiny-model`, the demo and the tests. Real users point
 `base_model` at a real model instead. The model is a random-init Qwen2 (the architecture
-of many small chat models) warmed by a few seconds of full fine-tuning on a built-in
-corpus, so that LoRA on the demo data shows a loss that visibly falls.
+of many small chat models) warmed by a fixed number of full fine-tuning steps (a few
+seconds; a step count, not a time, so the model is the same on a loaded machine) on a
+built-in corpus, so that LoRA on the demo data shows a loss that visibly falls.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,14 +89,16 @@ def build_tokenizer(extra_text: list[str], vocab_size: int = 1024):
 
 
 def build_tiny_model(out_dir: Path, *, samples_dir: Path | None = None, hidden_size: int = 64,
-                     layers: int = 2, warm_seconds: float = 8.0, seed: int = 0) -> dict:
+                     layers: int = 2, warm_steps: int = 300, seed: int = 0) -> dict:
     """Write a tiny Qwen2 model + tokenizer to `out_dir` with save_pretrained."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(list(_sample_texts(samples_dir)))
+    texts = list(_sample_texts(samples_dir))
+    tokenizer = build_tokenizer(texts)
+    words = sorted({w for t in texts for w in t.split()})
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
@@ -105,7 +107,7 @@ def build_tiny_model(out_dir: Path, *, samples_dir: Path | None = None, hidden_s
         bos_token_id=None, use_cache=True,
     )
     model = AutoModelForCausalLM.from_config(config)
-    losses = _warm(model, tokenizer, warm_seconds, seed) if warm_seconds > 0 else []
+    losses = _warm(model, tokenizer, warm_steps, seed, words) if warm_steps > 0 else []
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,18 +118,30 @@ def build_tiny_model(out_dir: Path, *, samples_dir: Path | None = None, hidden_s
             "warm_loss_first": losses[0] if losses else None, "warm_loss_last": losses[-1] if losses else None}
 
 
-def _warm(model, tokenizer, seconds: float, seed: int) -> list[float]:
+def salad_corpus(words: list[str], n: int, seed: int) -> Iterator[list[dict[str, str]]]:
+    """Chats of shuffled words: the template and the token frequencies of the data's
+    language, but none of its facts or sentence structure (those are for LoRA to learn)."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        def phrase() -> str:
+            return " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
+
+        yield [{"role": "user", "content": phrase()}, {"role": "assistant", "content": phrase()}]
+
+
+def _warm(model, tokenizer, steps: int, seed: int, words: list[str]) -> list[float]:
     """A few seconds of full fine-tuning, so the base is not pure noise."""
     import torch
 
-    convs = list(warm_corpus(4000, seed + 1))
+    convs = list(warm_corpus(2000, seed + 1))
+    if words:
+        convs += list(salad_corpus(words, 2000, seed + 2))
     rows = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in convs]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     losses: list[float] = []
     rng = random.Random(seed)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    for _ in range(steps):
         batch = rng.sample(rows, 16)
         width = max(map(len, batch))
         ids = torch.full((len(batch), width), tokenizer.pad_token_id)
