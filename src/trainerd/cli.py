@@ -226,6 +226,18 @@ def _token_reports(layout: Layout, reports: list) -> dict[str, dict]:
     return {r.path: token_report(Path(r.path), tok, cfg.train) for r in reports}
 
 
+@app.command("systemd-unit")
+def systemd_unit(
+    base_dir: Path = BaseDir,
+    user: str | None = typer.Option(None, help="User= line for the unit"),
+    stop_timeout: int = typer.Option(900, help="TimeoutStopSec: long enough for a checkpoint"),
+) -> None:
+    """Print a systemd unit (Type=notify, watchdog, warm stop on SIGTERM) for this base dir."""
+    from trainerd.systemd import unit
+
+    print(unit(_layout(base_dir).base, user, stop_timeout), end="")
+
+
 # ------------------------------------------------------------------ control
 def _wish(base_dir: Path, state: control.Desired, reason: str | None) -> None:
     from trainerd.lock import holder
