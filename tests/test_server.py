@@ -236,6 +236,7 @@ def test_metrics_series_from_state_db_then_metrics_jsonl(server, layout, tmp_pat
 # --------------------------------------------------------------------------- /metrics
 EXPECTED_FAMILIES = {
     "trainerd_up", "trainerd_heartbeat_age_seconds", "trainerd_build_info", "trainerd_desired_state",
+    "trainerd_daemon_state",
     "trainerd_jobs", "trainerd_jobs_finished", "trainerd_jobs_failed", "trainerd_attempts",
     "trainerd_examples_trained", "trainerd_active_job_info", "trainerd_step", "trainerd_max_steps",
     "trainerd_loss", "trainerd_learning_rate", "trainerd_tokens_per_second",
@@ -413,3 +414,46 @@ def test_dashboard_page_and_assets(server):
 def test_foreign_host_header_is_refused_on_loopback(server):
     assert call(server.url + "api/status", headers={"Host": "attacker.example:80"})[0] == 421
     assert call(server.url + "api/status", headers={"Host": f"localhost:{server.port}"})[0] == 200
+
+
+# --------------------------------------------------------------------------- inside the daemon
+def _supervisor_starts_the_server() -> bool:
+    import inspect
+
+    from trainerd import supervisor
+
+    return "start_server" in inspect.getsource(supervisor)
+
+
+@pytest.mark.skipif(not _supervisor_starts_the_server(),
+                    reason="the supervisor does not start the HTTP server yet (see the wiring patch)")
+def test_the_daemon_serves_http_and_obeys_it(tmp_path):
+    from tests.conftest import cli, daemon_log, start_daemon, wait_for
+
+    # No job, so no model is ever loaded: the daemon idles and serves.
+    base = make_base(tmp_path / "base", "unused-model", "[server]\nport = 0\n")
+    layout = Layout.at(base)
+    d = start_daemon(base)
+    try:
+        info = wait_for(lambda: (lambda i: i if i and i.get("pid") == d.pid else None)(
+            json.loads((layout.run / "server.json").read_text()) if (layout.run / "server.json").exists() else None),
+            timeout=30, what="run/server.json from the daemon")
+        url = info["url"]
+        assert call(url + "healthz")[0] == 200
+        s = wait_for(lambda: (lambda s: s if s["daemon"].get("state") == "idle" else None)(get_json(url + "api/status")),
+                     timeout=30, what="daemon idle")
+        assert s["daemon"]["running"] and s["daemon"]["pid"] == d.pid
+        assert call(url + "api/control/pause", "POST", b"{}", auth(layout))[0] == 200
+        wait_for(lambda: get_json(url + "api/status")["daemon"].get("state") == "paused", timeout=30,
+                 what="daemon paused")
+        fams = {f.name: f for f in text_string_to_metric_families(call(url + "metrics")[2].decode())}
+        states = {s.labels["state"]: s.value for s in fams["trainerd_daemon_state"].samples}
+        assert states["paused"] == 1 and states["training"] == 0
+        assert fams["trainerd_up"].samples[0].value == 1
+        assert call(url + "api/control/stop", "POST", b"{}", auth(layout))[0] == 200
+        assert d.wait(30) == 0, daemon_log(base)
+        assert not (layout.run / "server.json").exists()
+    finally:
+        if d.poll() is None:
+            cli("stop", "--base-dir", base, check=False)
+            d.kill()

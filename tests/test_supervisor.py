@@ -117,21 +117,28 @@ def test_pause_checkpoints_at_a_step_and_resume_equals_uninterrupted(tmp_path, t
     assert_same_weights(final_adapter(base), reference[0])
 
 
-def test_sigkill_of_the_worker_resumes_exactly_and_ignores_a_half_written_checkpoint(tmp_path, tiny_model,
-                                                                                     reference):
+def test_sigkill_of_the_worker_twice_at_random_steps_resumes_exactly(tmp_path, tiny_model, reference):
+    """Two SIGKILLs at random steps (after at least one checkpoint), plus a half-written
+    checkpoint as a kill during a save leaves it: the result equals the uninterrupted run."""
+    import random
+
+    seed = int(os.environ.get("TRAINERD_TEST_SEED", time.time()))
+    rng = random.Random(seed)
+    kills = sorted(rng.sample(range(5, 40), 2))
     base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
     write_jsonl(base / "inbox" / "k.jsonl", rows())
     d = start_daemon(base)
     try:
-        p = wait_for(lambda: (lambda x: x if x and x.get("step", 0) >= 9 else None)(progress(base)), what="step 9")
-        job = active_dir(base)
-        os.kill(p["pid"], signal.SIGKILL)
-        # As if the kill had landed mid-save: a newer checkpoint without its manifest, and
-        # Trainer's own half-written folder.
-        fake = job / "checkpoints" / "step-000044"
-        fake.mkdir(parents=True)
-        (fake / "adapter_model.safetensors").write_bytes(b"\0" * 100)
-        (job / "checkpoints" / ".staging" / "checkpoint-45").mkdir(parents=True, exist_ok=True)
+        for n, at in enumerate(kills, start=1):
+            p = wait_for(lambda at=at, n=n: (lambda x: x if x and x.get("attempt") == n and x.get("step", 0) >= at
+                                             else None)(progress(base)), what=f"step {at} (seed {seed})")
+            job = active_dir(base)
+            os.kill(p["pid"], signal.SIGKILL)
+            if n == 1:  # as if the kill had landed mid-save: no manifest, and Trainer's own temp
+                fake = job / "checkpoints" / "step-000044"
+                fake.mkdir(parents=True)
+                (fake / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+                (job / "checkpoints" / ".staging" / "checkpoint-45").mkdir(parents=True, exist_ok=True)
         wait_for(lambda: os.listdir(Layout.at(base).done), what="job done")
         cli("stop", "--base-dir", base)
         assert d.wait(60) == 0
@@ -139,7 +146,7 @@ def test_sigkill_of_the_worker_resumes_exactly_and_ignores_a_half_written_checkp
         if d.poll() is None:
             d.kill()
     meta = finished_meta(base)
-    assert [a["outcome"] for a in meta["attempts"]] == ["crashed", "finished"]
+    assert [a["outcome"] for a in meta["attempts"]] == ["crashed", "crashed", "finished"], seed
     assert "SIGKILL" in meta["attempts"][0]["error"]
     assert meta["steps_done"] == 48 and meta["examples_done"] == 96
     log = (Layout.at(base).done / meta["id"] / "worker.log").read_text()
