@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
 # The test suite: same set-up as the demo, then pytest (all tests, slow ones included).
+# The dashboard's browser test needs Chromium (Debian package) and playwright (PyPI);
+# they are installed here when possible (root + apt), else that one test skips with a reason.
+# TRAINERD_NO_BROWSER=1 skips the install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+if [ -z "${TRAINERD_NO_BROWSER:-}" ]; then
+  if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \
+      || echo "note: chromium not installed; the dashboard browser test will skip" >&2
+  fi
+  .venv/bin/python -c "import playwright" 2>/dev/null \
+    || .venv/bin/pip install --quiet --disable-pip-version-check "playwright>=1.45" >/dev/null 2>&1 \
+    || echo "note: playwright not installed; the dashboard browser test will skip" >&2
+fi
 export HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"

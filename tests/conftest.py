@@ -72,6 +72,8 @@ backoff_seconds = [0]
 poll_seconds = 0.2
 [daemon]
 heartbeat_seconds = 0.5
+[server]
+port = 0
 """
 
 

@@ -250,8 +250,12 @@ def test_move_remove_requeue(q):
     assert meta.history[-1]["previous_attempts"][0]["error"] == "boom"
     assert not (again.path / ERROR_JSON).exists()
     assert os.listdir(q.layout.incoming) == []
-    with pytest.raises(QueueError, match="no job"):
+    with pytest.raises(QueueError, match="not a job id"):
         q.find("nope")
+    with pytest.raises(QueueError, match="not a job id"):
+        q.find("x" * 5000)  # no ENAMETOOLONG traceback
+    with pytest.raises(QueueError, match="no job"):
+        q.find("20260101T000000-000000-nope")
 
 
 def test_requeue_refuses_a_rejected_entry_and_a_still_bad_file(q):

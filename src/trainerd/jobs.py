@@ -123,6 +123,8 @@ class JobMeta(BaseModel):
     not_before: float = 0.0  # back-off: not claimed before this time
     examples_done: int = 0
     steps_done: int = 0
+    first_loss: float | None = None  # of this run (since the last requeue), for status/history
+    last_loss: float | None = None
     micro_batch_size: int | None = None  # set by the OOM fallback; grad_accum grows to match
     nonfinite_events: int = 0
 

@@ -48,6 +48,7 @@ REJECTED_MARK = ".rejected.json"
 ORIGINAL = "original"  # a rejected non-file inbox entry (symlink, FIFO, folder) is kept under this name
 
 EventSink = Callable[..., None]
+JOB_ID = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9]{6}-[A-Za-z0-9._-]{1,40}")
 
 
 class QueueError(Exception):
@@ -164,6 +165,9 @@ class Queue:
             os.close(fd)
 
     def find(self, job_id: str) -> JobRef:
+        if not JOB_ID.fullmatch(job_id):
+            raise QueueError(f"{job_id[:80]!r} is not a job id (like 20261123T101500-123456-name); "
+                             "`trainerd queue list --state all` shows them")
         for state, prio, d in self._all_state_dirs():
             if (d / job_id).is_dir():
                 return JobRef(job_id, state, d / job_id, prio)
@@ -388,7 +392,9 @@ class Queue:
             if e.errno == errno.ELOOP:
                 return self._reject_entry(path, "a symlink; not followed", folder)
             raise
-        ref = self.submit(path, move=True, original_name=path.name, source_folder=folder, now=st.st_mtime)
+        # The id's time is the arrival here, not the file's mtime, which cp -p, rsync and tar
+        # preserve (a file from 1970 must not jump the queue). Scan order is oldest first.
+        ref = self.submit(path, move=True, original_name=path.name, source_folder=folder)
         log.info("%s: %s as %s", path.name, "queued" if ref.state == JobState.QUEUED else "rejected", ref.id)
         return ref
 
@@ -606,6 +612,8 @@ class Queue:
                                  "previous_error": _read_reason(stage)})
             meta.attempts, meta.not_before, meta.priority = [], 0.0, prio
             meta.examples_done = meta.steps_done = 0
+            meta.first_loss = meta.last_loss = None
+            meta.micro_batch_size, meta.nonfinite_events = None, 0
             meta.examples = report.examples
             if not report.ok:
                 raise QueueError(f"{job_id} still does not validate: {report.reason()}")

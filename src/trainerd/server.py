@@ -53,7 +53,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from trainerd import __version__, atomic, control, status
+from trainerd import __version__, atomic, control, lock, status
 from trainerd.config import QueueConfig, ServerConfig
 from trainerd.control import Desired
 from trainerd.jobs import ERROR_JSON, JOB_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState, Priority
@@ -77,6 +77,7 @@ CONTROL_BODY_MAX = 16 * 1024  # {"reason": ...} never needs more
 REASON_MAX = 500
 ETA_WINDOW_STEPS = 50  # the ETA uses the recent step rate, not the attempt's average
 CHART_POINTS_MAX = 20_000
+SERIES_COLS = ("attempt", "step", "ts", "loss", "lr", "tokens_per_s", "examples_done")  # /api/metrics
 
 TOKEN_FILE = "token"
 SERVER_JSON = "server.json"
@@ -97,6 +98,9 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
+# The supervisor's states (run/status.json "state"), for a state-set metric; an unknown
+# one is reported too.
+DAEMON_STATES = ("starting", "idle", "training", "paused", "paused_disk", "stopped")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -181,8 +185,7 @@ def ledger_metrics(db: Path, job_id: str) -> list[dict[str, Any]] | None:
         return None
     finally:
         con.close()
-    cols = ("attempt", "step", "ts", "loss", "lr", "tokens_per_s", "examples_done")
-    return [dict(zip(cols, r, strict=True)) for r in rows]
+    return [dict(zip(SERIES_COLS, r, strict=True)) for r in rows]
 
 
 class JsonlTail:
@@ -235,7 +238,9 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
         row = json.loads(line)
     except ValueError:
         return None  # a line cut by a crash mid-write
-    return row if isinstance(row, dict) and "step" in row else None
+    if not isinstance(row, dict) or "step" not in row:
+        return None
+    return {c: row.get(c) for c in SERIES_COLS}  # kept per step for a whole job: only what we serve
 
 
 def eta_seconds(progress: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
@@ -362,15 +367,26 @@ class App:
             "last_checkpoint": p.get("last_checkpoint"),
             "last_checkpoint_age": None if ckpt_at is None else max(0.0, now - ckpt_at),
             "last_checkpoint_seconds": p.get("last_checkpoint_seconds"),
+            "last_checkpoint_bytes": p.get("last_checkpoint_bytes"),
             "updated_at": p.get("updated_at"),
         }
 
     def status(self) -> dict[str, Any]:
         s = status.collect(self.layout)
-        ok, health = self.health()
-        state = s["daemon"].get("state") if s["daemon"].get("running") else None
+        _ok, health = self.health()
+        daemon = s["daemon"]
+        state = daemon.get("state") if daemon.get("running") else None
+        disk: dict[str, Any] = self.disk()
+        live = _read_json(self.layout.status) if daemon.get("running") else None
+        if live:
+            # What the supervisor knows beyond collect(): why it paused itself, and its
+            # disk guard's thresholds (pause below, warn below).
+            daemon["paused_reason"] = live.get("paused_reason")
+            guard = live.get("disk") or {}
+            disk.update(pause_below_bytes=guard.get("pause_below_bytes"), low=guard.get("low"),
+                        warn=guard.get("warn"))
         s.update(
-            health=health, disk=self.disk(), now=time.time(), version=__version__,
+            health=health, disk=disk, now=time.time(), version=__version__,
             job=self.active_view(s["active"][0], state) if s["active"] else None,
         )
         return s
@@ -468,14 +484,13 @@ class App:
         rows = sorted(from_db + from_file, key=lambda r: (r.get("attempt") or 0, r.get("step") or 0))
         source = "+".join(n for n, part in (("state.db", from_db), ("metrics.jsonl", from_file)) if part)
         progress = _read_json(ref.path / PROGRESS_JSON) if ref.state == JobState.ACTIVE else None
-        cols = ("attempt", "step", "ts", "loss", "lr", "tokens_per_s", "examples_done")
         shown = _downsample(rows, limit)
         return {
             "job_id": job_id, "state": ref.state.value, "source": source or None,
             "total_points": len(rows), "count": len(shown),
             "max_steps": (progress or {}).get("max_steps") or (meta.steps_done if meta else None),
             "examples_total": meta.examples if meta else None,
-            "series": {c: [r.get(c) for r in shown] for c in cols},
+            "series": {c: [r.get(c) for r in shown] for c in SERIES_COLS},
         }
 
     def models(self) -> dict[str, Any]:
@@ -585,6 +600,16 @@ class TrainerdCollector(Collector):
         info = InfoMetricFamily("trainerd_build", "trainerd version")
         info.add_metric([], {"version": __version__})
         yield info
+
+        daemon_state = GaugeMetricFamily(
+            "trainerd_daemon_state", "The supervisor's state from run/status.json (1 for the current one; "
+            "no sample while no daemon holds the lock)", labels=["state"])
+        live = _read_json(layout.status) if lock.holder(layout.lock) is not None else None
+        if live:
+            current = str(live.get("state"))
+            for st in dict.fromkeys((*DAEMON_STATES, current)):
+                daemon_state.add_metric([st], float(st == current))
+        yield daemon_state
 
         wish = control.read_wish(layout)
         desired = GaugeMetricFamily("trainerd_desired_state", "The user's wish (1 for the current one)",

@@ -60,7 +60,12 @@ def job_summary(ref: JobRef) -> dict[str, Any]:
         meta = JobMeta.load(ref.path)
     except (OSError, ValueError):
         return {"id": ref.id, "state": ref.state.value, "error": "job.json unreadable"}
-    curve = loss_curve(ref.path)
+    # A finished job carries its first and last loss in job.json; only an unfinished one
+    # needs its metrics file read.
+    if meta.first_loss is not None and ref.state != JobState.ACTIVE:
+        curve = [meta.first_loss, meta.last_loss]
+    else:
+        curve = loss_curve(ref.path)
     out: dict[str, Any] = {
         "id": ref.id, "state": ref.state.value, "name": meta.original_name,
         "priority": (ref.priority or meta.priority).value, "examples": meta.examples,
@@ -91,8 +96,8 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
                           loop_errors=st.get("loop_errors"))
     wish = control.read_wish(layout)
     q = Queue(layout, QueueConfig())  # listing needs no settings; a bad config must not hide status
-    done = q.list(JobState.DONE)[-recent:]
-    failed = q.list(JobState.FAILED)[-recent:]
+    done = q.list(JobState.DONE)[-recent:] if recent else []
+    failed = q.list(JobState.FAILED)[-recent:] if recent else []
     return {
         "base_dir": str(layout.base),
         "daemon": daemon,

@@ -40,6 +40,7 @@ from trainerd.ledger import Ledger
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue
+from trainerd.server import HEARTBEAT_INTERVAL_S
 from trainerd.systemd import Notifier
 
 log = logging.getLogger("trainerd.supervisor")
@@ -109,6 +110,8 @@ class Supervisor:
         self._last_written: tuple[str, bool] | None = None  # a state change is written at once
         self._observer: Any = None
         self.notify = Notifier()
+        self._server: Any = None  # trainerd.server.ServerHandle while HTTP is up
+        self.heartbeat_at = time.time()  # start of the loop's last pass (/healthz, trainerd_up)
 
     # ------------------------------------------------------------ plumbing
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
@@ -152,6 +155,19 @@ class Supervisor:
         except Exception as e:  # e.g. inotify watch limit reached: polling still works
             log.warning("inbox watching unavailable (%s); polling every %.1fs", e, self.cfg.queue.poll_seconds)
 
+    def _start_server(self) -> None:
+        """HTTP: dashboard, /metrics, /healthz, control. Training matters more than HTTP:
+        an address that cannot be bound is logged and the daemon trains on without it."""
+        if not self.cfg.server.enabled:
+            return
+        from trainerd.server import start_server
+
+        try:
+            self._server = start_server(self.layout, self.cfg.server, lambda: self.heartbeat_at)
+        except OSError as e:
+            log.error("HTTP server not started on %s:%d (%s); training goes on without it",
+                      self.cfg.server.host, self.cfg.server.port, e)
+
     # ------------------------------------------------------------ lifecycle
     def run(self) -> int:
         """Run until stopped. Returns the process exit status (0 for a clean stop)."""
@@ -174,11 +190,15 @@ class Supervisor:
                 log.warning("recovery: %s", note)
             self._event("daemon_start", pid=os.getpid())
             self._watch_inbox()
+            self._start_server()
             log.info("trainerd running on %s (pid %d)", self.layout.base, os.getpid())
             self.notify.ready(f"running on {self.layout.base}")
             return self._loop()
         finally:
             self.notify.stopping()
+            if self._server is not None:
+                with contextlib.suppress(Exception):
+                    self._server.stop()
             if self._observer is not None:
                 with contextlib.suppress(Exception):
                     self._observer.stop()
@@ -193,6 +213,7 @@ class Supervisor:
 
     def _loop(self) -> int:
         while True:
+            self.heartbeat_at = time.time()
             try:
                 if self._tick():
                     return 0
@@ -210,8 +231,10 @@ class Supervisor:
             self.wake.clear()
 
     def _sleep_time(self) -> float:
-        # Faster while a worker runs, so a pause or stop reaches it within a step.
-        return min(self.cfg.queue.poll_seconds, 0.2 if self.running else self.cfg.queue.poll_seconds)
+        # Faster while a worker runs, so a pause or stop reaches it within a step; and never
+        # longer than a heartbeat, so run/status.json and /healthz stay fresh while idle.
+        beat = min(self.cfg.daemon.heartbeat_seconds, HEARTBEAT_INTERVAL_S)
+        return min(self.cfg.queue.poll_seconds, beat, 0.2 if self.running else beat)
 
     # ------------------------------------------------------------ one tick
     def _tick(self) -> bool:
@@ -433,13 +456,22 @@ class Supervisor:
             meta.save(r.ref.path)
         except (OSError, ValueError):
             pass
+        from trainerd.status import loss_curve
+
+        curve = loss_curve(r.ref.path)
+        if curve:
+            meta.first_loss, meta.last_loss = curve[0], curve[-1]
+            meta.save(r.ref.path)
         if self.ledger is None:
             return
         try:
-            rows = [json.loads(line) for line in (r.ref.path / METRICS).read_text().splitlines() if line.strip()]
+            rows = []
+            for line in (r.ref.path / METRICS).read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line cut by a kill mid-write
+                    rows.append(json.loads(line))
             rows = [x for x in rows if x.get("attempt") == r.attempt and "step" in x]
             self.ledger.metrics(r.ref.id, r.attempt, rows)
-        except (OSError, ValueError) as e:
+        except OSError as e:
             log.debug("metrics not recorded for %s: %s", r.ref.id, e)
 
     def _apply_idle_skip(self, skip: control.Skip) -> None:

@@ -161,6 +161,7 @@ function daemonLook(s) {
   if (st === "training" && desired === "stopped") return ["stopping…", "warn"];
   if (st === "training") return ["training", "ok"];
   if (st === "paused") return ["paused", "warn"];
+  if (st === "paused_disk") return ["paused: disk low", "bad"];
   return [st, ""];
 }
 
@@ -170,8 +171,10 @@ function renderHeader(s) {
   $("daemon-pill").className = `pill ${cls}`;
   setText("base-dir", s.base_dir || "");
   const w = s.desired || {};
-  setText("wish-note", w.state && w.state !== "running"
-    ? `wish: ${w.state}${w.reason ? ` (${w.reason})` : ""}` : "");
+  const note = (s.daemon || {}).paused_reason ||
+    (w.state && w.state !== "running" ? `wish: ${w.state}${w.reason ? ` (${w.reason})` : ""}` : "");
+  setText("wish-note", note);
+  $("wish-note").title = note;
   const running = !!(s.daemon && s.daemon.running);
   $("btn-pause").disabled = w.state === "paused";
   $("btn-resume").disabled = w.state === "running";
@@ -209,6 +212,8 @@ function renderJob(s) {
   setText("kpi-rss", fmtBytes(j.rss_bytes) + (j.gpu_bytes ? ` · GPU ${fmtBytes(j.gpu_bytes)}` : ""));
   setText("kpi-ckpt", j.last_checkpoint_age === null || j.last_checkpoint_age === undefined
     ? "none yet" : `${fmtDur(j.last_checkpoint_age)} ago`);
+  $("kpi-ckpt").title = j.last_checkpoint ? `${j.last_checkpoint}: ${fmtBytes(j.last_checkpoint_bytes)}, ` +
+    `saved in ${fmtNum(j.last_checkpoint_seconds, 2)} s` : "";
 }
 
 function renderSystem(s) {
@@ -223,11 +228,13 @@ function renderSystem(s) {
   const q = s.queue || {};
   setText("sys-queue", `${q.queued || 0} queued · ${q.active || 0} active · ${q.done || 0} done · ${q.failed || 0} failed`);
   const disk = s.disk || {};
-  setText("sys-disk", `${fmtBytes(disk.free_bytes)} of ${fmtBytes(disk.total_bytes)}`);
+  setText("sys-disk", `${fmtBytes(disk.free_bytes)} of ${fmtBytes(disk.total_bytes)}` +
+    (disk.low ? " · low: training paused" : disk.warn ? " · getting low" : ""));
+  $("sys-disk").title = disk.pause_below_bytes ? `the daemon pauses itself below ${fmtBytes(disk.pause_below_bytes)} free` : "";
   const used = disk.total_bytes ? disk.used_bytes / disk.total_bytes : 0;
   const bar = $("sys-disk-bar");
   bar.style.width = `${(used * 100).toFixed(1)}%`;
-  bar.className = used > 0.95 ? "bad" : used > 0.85 ? "warn" : "";
+  bar.className = disk.low || used > 0.95 ? "bad" : disk.warn || used > 0.85 ? "warn" : "";
 }
 
 function renderQueue(s) {
@@ -494,7 +501,8 @@ function pin(id) {
 // ------------------------------------------------------------------ polling
 function chartTarget(s) {
   if (ui.pinned) return [ui.pinned, "finished job (picked in history)"];
-  if (s.job) return [s.job.id, `${s.job.name || s.job.id} · live`];
+  const training = s.daemon && s.daemon.state === "training";
+  if (s.job) return [s.job.id, `${s.job.name || s.job.id} · ${training ? "live" : "active, not training"}`];
   const done = s.done || [];
   const last = done[done.length - 1];
   if (last) return [last.id, `${last.name || last.id} · last finished`];

@@ -101,7 +101,7 @@ def _callbacks():
                 "saved_at": time.time(),
             })
             checkpoints.prune(self.job_dir, self.keep)
-            self.progress.checkpoint(dest.name, time.monotonic() - t0, guards.dir_bytes(dest))
+            self.progress.checkpoint(dest.name, time.monotonic() - t0, guards.dir_bytes(dest), state)
 
     class Progress(TrainerCallback):
         """progress.json (rewritten atomically) and metrics.jsonl, for status and history."""
@@ -154,9 +154,10 @@ def _callbacks():
             return (f"{key} became {value} at step {step}, on examples {lo}-{hi - 1} of the epoch "
                     f"(data.jsonl lines {shown})")
 
-        def checkpoint(self, name: str, seconds: float, nbytes: int) -> None:
+        def checkpoint(self, name: str, seconds: float, nbytes: int, state) -> None:
             self.last_ckpt = {"last_checkpoint": name, "last_checkpoint_at": time.time(),
                               "last_checkpoint_seconds": seconds, "last_checkpoint_bytes": nbytes}
+            self._write(state)  # at once: a stop's checkpoint is the last thing that happens
 
         def _write(self, state) -> None:
             try:
