@@ -32,3 +32,49 @@ def test_running_comes_from_the_lock_and_a_frozen_daemon_is_not_responding(base)
     finally:
         if d.poll() is None:
             d.kill()
+
+
+def test_sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one(base):
+    from tests.conftest import daemon_log, start_daemon
+
+    d = start_daemon(base)
+    try:
+        wait_for(lambda: _status(base)["daemon"].get("state") == "idle", what="idle daemon")
+        cfg = base / "trainerd.toml"
+        good = cfg.read_text()
+        cfg.write_text(good.replace("settle_seconds = 0", "settle_seconds = 1"))
+        d.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: config reloaded" in daemon_log(base), what="reload")
+        cfg.write_text(good + "\n[train]\nmethod = 'nope'\n")
+        d.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config not reloaded, the running config stays" in daemon_log(base), what="refusal")
+        assert d.poll() is None and _status(base)["daemon"]["responding"]
+    finally:
+        d.terminate()
+        assert d.wait(30) == 0
+
+
+def test_main_loop_survives_its_own_exceptions(base):
+    import json
+    import os
+
+    from tests.conftest import start_daemon
+
+    d = start_daemon(base)
+    try:
+        wait_for(lambda: _status(base)["daemon"].get("state") == "idle", what="idle daemon")
+        active = base / "jobs" / "active"
+        os.rename(active, base / "jobs" / "active.moved")
+        active.write_text("not a folder")  # every claim now fails inside the loop
+        st = wait_for(lambda: (lambda s: s if s.get("loop_errors") else None)(
+            json.loads((base / "run" / "status.json").read_text())), what="a counted loop error")
+        assert "NotADirectoryError" in st["last_error"]
+        active.unlink()
+        os.rename(base / "jobs" / "active.moved", active)
+        wait_for(lambda: json.loads((base / "run" / "status.json").read_text())["loop_errors"] == 0,
+                 what="recovered", timeout=60)
+        assert d.poll() is None
+        assert "main loop error" in (base / "logs" / "trainerd.log").read_text()
+    finally:
+        d.terminate()
+        assert d.wait(30) == 0

@@ -190,7 +190,7 @@ class Queue:
         for st, prio, d in self._all_state_dirs():
             try:
                 n = sum(1 for x in os.listdir(d) if not x.startswith("."))
-            except FileNotFoundError:
+            except OSError:  # reporting must work even when a folder is broken
                 n = 0
             key = f"queued_{prio.value}" if prio else st.value
             out[key] = n

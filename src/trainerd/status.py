@@ -96,15 +96,21 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
                           loop_errors=st.get("loop_errors"))
     wish = control.read_wish(layout)
     q = Queue(layout, QueueConfig())  # listing needs no settings; a bad config must not hide status
-    done = q.list(JobState.DONE)[-recent:] if recent else []
-    failed = q.list(JobState.FAILED)[-recent:] if recent else []
+    def listed(state: JobState) -> list[JobRef]:
+        try:
+            return q.list(state)
+        except OSError:  # a broken folder: report the rest
+            return []
+
+    done = listed(JobState.DONE)[-recent:] if recent else []
+    failed = listed(JobState.FAILED)[-recent:] if recent else []
     return {
         "base_dir": str(layout.base),
         "daemon": daemon,
         "desired": {"state": wish.state.value, "reason": wish.reason},
         "queue": q.counts(),
-        "active": [job_summary(r) for r in q.list(JobState.ACTIVE)],
-        "queued": [job_summary(r) for r in q.list(JobState.QUEUED)][:recent],
+        "active": [job_summary(r) for r in listed(JobState.ACTIVE)],
+        "queued": [job_summary(r) for r in listed(JobState.QUEUED)][:recent],
         "done": [job_summary(r) for r in done],
         "failed": [job_summary(r) for r in failed],
         "model": current_model(layout),

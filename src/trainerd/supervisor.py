@@ -225,7 +225,15 @@ class Supervisor:
                 self.last_error = traceback.format_exc()
                 log.error("main loop error (%d in a row):\n%s", self.loop_errors, self.last_error)
                 self._event("loop_error", error=self.last_error[-2000:])
-                time.sleep(min(30.0, 0.5 * 2 ** min(self.loop_errors, 6)))
+                self.state = "error"
+                try:  # say so in status.json (the tick that failed did not get to write it)
+                    self._write_status(force=True)
+                except Exception as e:
+                    log.error("status.json not written: %s", e)
+                # Back off, but a signal (stop, reload) still wakes the loop at once.
+                self.wake.wait(min(30.0, 0.5 * 2 ** min(self.loop_errors, 6)))
+                self.wake.clear()
+                continue
             self.notify.ping(self._one_line())
             self.wake.wait(self._sleep_time())
             self.wake.clear()
