@@ -159,7 +159,8 @@ def status(
     for a in s["active"]:
         p = a.get("progress") or {}
         step, total = p.get("step"), p.get("max_steps")
-        frac = f"step {step}/{total}, {p.get('examples_done', 0)}/{a['examples']} examples" if step else "starting"
+        n = p.get("examples_total") or a["examples"]  # with replay, more than the file holds
+        frac = f"step {step}/{total}, {p.get('examples_done', 0)}/{n} examples" if step else "starting"
         out.print(f"active: {a['name']} ({a['id']}): {frac}, loss {_loss(p.get('loss'))}, "
                   f"{p.get('tokens_per_s') or 0:.0f} tok/s")
     if s["done"]:
@@ -391,22 +392,153 @@ def queue_requeue(job_id: str, priority: Priority | None = typer.Option(None, "-
 
 
 # ------------------------------------------------------------------ models
+def _bytes(n: int) -> str:
+    for unit, k in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"
+
+
+def _lifecycle_call(fn, *args: Any, **kw: Any) -> Any:
+    from trainerd.lifecycle import LifecycleError
+
+    try:
+        return fn(*args, **kw)
+    except LifecycleError as e:
+        _fail(str(e))
+
+
+def _record(layout: Layout, kind: str, **data: Any) -> None:
+    """History in state.db; never a reason for a command to fail."""
+    try:
+        from trainerd.ledger import Ledger
+
+        ledger = Ledger(layout.state_db)
+        ledger.event(kind, None, **data)
+        ledger.close()
+    except Exception:
+        pass
+
+
 @models_app.command("list")
-def models_list(base_dir: Path = BaseDir) -> None:
-    """Model versions, oldest first; * marks the current one."""
-    from trainerd.status import current_model, model_versions
+def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Model versions, oldest first; * marks the current one, ! a damaged one."""
+    from trainerd.lifecycle import list_versions
+
+    versions = list_versions(_layout(base_dir))
+    if as_json:
+        out.print_json(json.dumps([v.to_dict() for v in versions], default=str))
+        return
+    t = Table()
+    for col in ("", "version", "kind", "parent", "loads on", "jobs", "size", "created"):
+        t.add_column(col)
+    for v in versions:
+        t.add_row("*" if v.current else "!" if v.problem else "", v.name, str(v.kind), str(v.parent),
+                  v.needs or ("base_model" if v.kind == "adapter" else "-"),
+                  ", ".join(j.get("name", j.get("id", "?")) for j in v.jobs), _bytes(v.bytes),
+                  _ago(v.created_at))
+    out.print(t)
+    if not any(v.current for v in versions):
+        out.print("current: base (no job has finished yet, or rolled back to base)")
+    for v in versions:
+        if v.problem:
+            err.print(f"[red]damaged[/] {v.name}: {escape(v.problem)}", highlight=False)
+
+
+@models_app.command("show")
+def models_show(version: str = typer.Argument("current"), base_dir: Path = BaseDir,
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """One version with every file checked against its manifest (sha256); exit 1 if damaged."""
+    from trainerd.lifecycle import show
+
+    info = _lifecycle_call(show, _layout(base_dir), version)
+    if as_json:
+        out.print_json(json.dumps(info, default=str))
+    else:
+        state = "[green]ok[/]" if info["ok"] else "[bold red]DAMAGED[/]"
+        out.print(f"{info['name']}{' (current)' if info['current'] else ''}: {info['kind']}, {state}")
+        out.print(f"  parent {info['parent']}; chain {' <- '.join(info['chain'])}")
+        if info["kind"] == "adapter":
+            out.print(f"  loads on {info['base']}")
+        out.print(f"  jobs: {', '.join(j.get('name', j.get('id', '?')) for j in info['jobs']) or '-'}")
+        out.print(f"  {_bytes(info['bytes'])}, created {_ago(info['created_at'])}, {info['path']}")
+        if info["snapshots"]:
+            out.print(f"  snapshots: {', '.join(info['snapshots'])}")
+        for p in info["problems"]:
+            out.print(f"  [red]problem:[/] {escape(p)}", highlight=False)
+    raise typer.Exit(0 if info["ok"] else 1)
+
+
+@models_app.command("rollback")
+def models_rollback(version: str = typer.Argument(..., help="vNNNN, or base"), base_dir: Path = BaseDir) -> None:
+    """Make VERSION current; nothing is deleted. The next job trains from it."""
+    from trainerd.lifecycle import rollback
 
     layout = _layout(base_dir)
-    cur = current_model(layout)["version"]
-    t = Table()
-    for col in ("", "version", "kind", "parent", "jobs", "created"):
-        t.add_column(col)
-    for v in model_versions(layout):
-        t.add_row("*" if v["version"] == cur else "", v["version"], str(v.get("kind")), str(v.get("parent")),
-                  ", ".join(j.get("name", j.get("id", "?")) for j in v.get("jobs", [])), _ago(v.get("created_at")))
-    out.print(t)
-    if cur == "base":
-        out.print("current: base (no job has finished yet)")
+    r = _lifecycle_call(rollback, layout, version)
+    _record(layout, "rollback", **r)
+    out.print(f"current: {r['from']} -> {r['to']}; the next job trains from {r['to']}")
+
+
+@models_app.command("export")
+def models_export(
+    version: str = typer.Argument(..., help="vNNNN or current"),
+    dest: Path = typer.Argument(..., help="a new (or empty) folder"),
+    merged: bool = typer.Option(False, "--merged", help="merge an adapter into its base: full weights "
+                                "(loads the model, so it takes a while)"),
+    base_dir: Path = BaseDir,
+) -> None:
+    """Copy a version out, loadable with plain transformers / peft."""
+    from trainerd.lifecycle import export
+
+    r = _lifecycle_call(export, _layout(base_dir), version, dest, merged)
+    out.print(f"exported {r['version']} ({r['kind']}{', merged' if r.get('merged') else ''}) to {r['path']}")
+    if r.get("base") and not r.get("merged"):
+        out.print(f"loads on {r['base']} (written into adapter_config.json)")
+
+
+@models_app.command("snapshot")
+def models_snapshot(base_dir: Path = BaseDir) -> None:
+    """Snapshot the current version now, into snapshots/<today>/ (once per day)."""
+    from trainerd.lifecycle import snapshot
+
+    r = _lifecycle_call(snapshot, _layout(base_dir))
+    out.print(f"{r['status']}: {r.get('path') or r.get('same_as') or r.get('reason')}")
+
+
+@app.command()
+def gc(
+    base_dir: Path = BaseDir,
+    dry_run: bool = typer.Option(False, "--dry-run", help="only list what would be deleted"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Apply [retention]: old versions, snapshots, done jobs' data. Never the current
+    version, its chain back to the last full version, or what a snapshot needs."""
+    from trainerd.lifecycle import gc as collect
+
+    layout = _layout(base_dir)
+    try:
+        policy = load_config(layout.config).retention
+    except ConfigError as e:
+        _fail(str(e), 2)
+    plan = _lifecycle_call(collect, layout, policy, dry_run)
+    if not dry_run:
+        _record(layout, "gc", items=len(plan.delete), freed=plan.freed, errors=plan.errors)
+    if as_json:
+        out.print_json(json.dumps(plan.to_dict(), default=str))
+        raise typer.Exit(1 if plan.errors else 0)
+    verb = "would delete" if dry_run else "deleted"
+    for i in plan.delete:
+        files = f" ({', '.join(i.files)})" if i.files else ""
+        out.print(f"{verb} {i.what} {i.path}{files}, {_bytes(i.bytes)}: {i.why}", highlight=False)
+    for name, why in plan.protected.items():
+        out.print(f"kept {name}: {why}")
+    for note in plan.notes:
+        out.print(f"[yellow]note:[/] {note}")
+    out.print(f"{verb} {len(plan.delete)} item(s), {_bytes(plan.freed)}")
+    for e in plan.errors:
+        err.print(f"[red]error:[/] {escape(e)}", highlight=False)
+    raise typer.Exit(1 if plan.errors else 0)
 
 
 def main() -> None:

@@ -12,6 +12,10 @@ from typing import Annotated, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# Sections defined beside the code that uses them (schedule.py imports nothing of ours
+# that imports this module, so there is no import cycle).
+from trainerd.schedule import ConsolidateConfig, ReplayConfig, RetentionConfig, ScheduleConfig
+
 
 class _Section(BaseModel):
     # A typo in a key is an error, not a silently ignored setting.
@@ -100,6 +104,10 @@ class Config(_Section):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     disk: DiskConfig = Field(default_factory=DiskConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    consolidate: ConsolidateConfig = Field(default_factory=ConsolidateConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
 
 class ConfigError(Exception):
@@ -216,4 +224,30 @@ enabled = true               # HTTP status, metrics, dashboard and control
 host = "127.0.0.1"           # loopback only unless you change it
 port = 8765                  # 0 = any free port (see run/server.json)
 max_upload_mb = 256          # POST /api/queue body limit
+
+[schedule]
+snapshot_at = "03:00"        # daily, local time: copy the current model to snapshots/YYYY-MM-DD/,
+                             # then apply [retention]; "off" turns both off
+min_gap_hours = 20           # never twice within this much real time, whatever the clock does
+
+[consolidate]
+at = "off"                   # merge the LoRA adapter into a new full version daily at this local
+                             # time, only when nothing is queued or active; "off"
+every_jobs = 0               # ... or after this many jobs since the last full version (0 = off)
+probe_examples = 32          # held examples (BASE/probe.jsonl, else from done jobs) ...
+loss_rtol = 0.01             # ... whose loss must not change by more than this (relative)
+logits_atol = 0              # logits tolerance for a fixed input; 0 = 1e-3 in fp32, 0.25 in 16-bit
+
+[retention]
+keep_versions = 10           # newest model versions kept (0 = all). Never deleted: current, its
+max_models_gb = 0            # chain back to the last full version, what snapshots need (0 = no limit)
+keep_snapshots = 7           # newest snapshots kept (0 = all)
+max_snapshots_gb = 0
+keep_done_data = 0           # done jobs whose data.jsonl is kept (0 = all; replay draws from these)
+max_done_data_gb = 0
+keep_rejected = 2            # failed consolidations kept for inspection
+
+[replay]
+fraction = 0.0               # add ceil(fraction x a job's examples) old examples to its epoch (0 = off)
+max_examples = 2000          # at most this many per job
 """

@@ -40,6 +40,7 @@ from trainerd.ledger import Ledger
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue
+from trainerd.schedule import CONSOLIDATE, Housekeeping
 from trainerd.server import HEARTBEAT_INTERVAL_S
 from trainerd.systemd import Notifier
 
@@ -110,6 +111,7 @@ class Supervisor:
         self._last_written: tuple[str, bool] | None = None  # a state change is written at once
         self._observer: Any = None
         self.notify = Notifier()
+        self.house = Housekeeping.from_config(layout, cfg)  # snapshots, retention, consolidation
         self._server: Any = None  # trainerd.server.ServerHandle while HTTP is up
         self.heartbeat_at = time.time()  # start of the loop's last pass (/healthz, trainerd_up)
 
@@ -195,6 +197,7 @@ class Supervisor:
             self.notify.ready(f"running on {self.layout.base}")
             return self._loop()
         finally:
+            self.house.stop()
             self.notify.stopping()
             if self._server is not None:
                 with contextlib.suppress(Exception):
@@ -258,6 +261,10 @@ class Supervisor:
 
         if self.running is not None:
             self._watch_worker(wish, warm, cold)
+        # Housework runs in its own processes: the daily snapshot + retention at any time,
+        # consolidation only when nothing is queued or active, and then no job is claimed.
+        housework = self.house.tick(idle=self.running is None and self._idle(),
+                                    allowed=wish.state == Desired.RUNNING and not warm and not self.disk_pause)
         if self.running is None:
             skip = control.read_skip(self.layout)
             if skip is not None:
@@ -272,14 +279,14 @@ class Supervisor:
             elif self.disk_pause:
                 self.state = "paused_disk"
             else:
-                ref = self.queue.claim()
+                ref = None if housework == CONSOLIDATE else self.queue.claim()
                 if ref is not None:
                     self._spawn(ref)
-                elif self.once and self._idle():
+                elif self.once and self._idle() and housework is None:
                     log.info("queue empty; exiting (--once)")
                     return True
                 else:
-                    self.state = "idle"
+                    self.state = "consolidating" if housework == CONSOLIDATE else "idle"
         self._write_status()
         return False
 
@@ -297,6 +304,7 @@ class Supervisor:
         restart_keys = [k for k in ("base_model",) if getattr(new, k) != getattr(self.cfg, k)]
         self.cfg = new
         self.queue.cfg = new.queue
+        self.house.configure(new.schedule, new.consolidate)
         log.info("SIGHUP: config reloaded; [train] and [checkpoint] apply from the next attempt")
         if restart_keys:
             log.warning("SIGHUP: %s changed; it applies to the next job's model load", ", ".join(restart_keys))
@@ -516,6 +524,7 @@ class Supervisor:
                 "free_bytes": self.disk.free, "pause_below_bytes": self.disk.pause_below,
                 "low": self.disk.low, "warn": self.disk.warn},
             "paused_reason": self.disk_pause,
+            "housework": self.house.running,
             "loop_errors": self.loop_errors,
             "last_error": (self.last_error or "")[-1000:] or None,
             "job": None,

@@ -159,10 +159,12 @@ def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
                      np.asarray(lines, np.int32), dropped, truncated)
 
 
-def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str) -> Tokenized:
-    """Tokenize the job once; later attempts load the verified cache."""
+def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
+            replay: Path | None = None, replay_sha: str = "") -> Tokenized:
+    """Tokenize the job once (with its replay examples, if any); later attempts load the
+    verified cache."""
     cache = job_dir / CACHE
-    fp = fingerprint(tokenizer, cfg, data_sha)
+    fp = fingerprint(tokenizer, cfg, data_sha + replay_sha)
     try:
         man = atomic.verify_manifest(cache)
         if man.get("fingerprint") == fp:
@@ -172,6 +174,8 @@ def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str) -> T
     except atomic.ManifestError:
         pass
     tok = tokenize_file(job_dir / DATA, tokenizer, cfg)
+    if replay is not None:
+        tok = with_replay(tok, replay, tokenizer, cfg)
     tmp = job_dir / (atomic.TMP_PREFIX + CACHE)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -182,6 +186,21 @@ def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str) -> T
     shutil.rmtree(cache, ignore_errors=True)
     atomic.rename(tmp, cache)
     return tok
+
+
+def with_replay(tok: Tokenized, path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
+    """The job's examples followed by replayed ones (trainerd.lifecycle.replay_for_job);
+    the job's data order then mixes them into the epoch. Over-length replayed examples are
+    dropped whatever train.overlength says (not this file's fault). Their `lines` are
+    negative: -n is line n of replay.jsonl."""
+    try:
+        r = tokenize_file(path, tokenizer, cfg.model_copy(update={"overlength": "drop"}))
+    except DataError as e:
+        log.warning("replayed examples not used: %s", e)
+        return tok
+    return Tokenized(np.concatenate([tok.input_ids, r.input_ids]), np.concatenate([tok.trainable, r.trainable]),
+                     np.concatenate([tok.offsets, r.offsets[1:] + tok.offsets[-1]]),
+                     np.concatenate([tok.lines, -r.lines]), tok.dropped, tok.truncated)
 
 
 def data_order(n: int, seed: int) -> np.ndarray:

@@ -136,6 +136,21 @@ def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: 
         from trainerd.worker.train import NonFiniteLoss
 
         raise NonFiniteLoss(f"refusing to publish: non-finite values in {', '.join(bad[:5])}")
+    from trainerd.config import load_config
+    from trainerd.lifecycle import models_lock
+
+    # Under the models lock (snapshot, gc, rollback, consolidation take it too): number the
+    # version and move `current` only if it is still the parent this job trained from.
+    with models_lock(layout, f"publish {meta.id}", timeout=600):
+        now = current(layout, load_config(layout.config))
+        if now.version != parent.version:
+            raise RuntimeError(f"current moved from {parent.version} to {now.version} while {meta.id} trained; "
+                               "not publishing over it (the retry trains from the new current)")
+        return _publish_locked(layout, model, tokenizer, parent, meta, extra)
+
+
+def _publish_locked(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
+                    extra: dict[str, Any] | None) -> str:
     existing = versions(layout)
     name = f"v{(_version_number(existing[-1]) or 0) + 1 if existing else 1:04d}"
     tmp = layout.models / f"{atomic.TMP_PREFIX}{name}-{meta.id}"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainerd import __version__, atomic, guards
+from trainerd import __version__, atomic, guards, lifecycle
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, ExitCode, JobMeta
 from trainerd.paths import Layout
@@ -271,7 +271,11 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
 
     parent = models.current(layout, cfg)
     tokenizer = models.load_tokenizer(parent)
-    tok = prepare(job_dir, tokenizer, cfg.train, meta.sha256)
+    # Replay against forgetting: a fixed sample of done jobs' examples joins this epoch.
+    _, replay = lifecycle.replay_for_job(layout, job_dir, cfg.replay.fraction, meta.examples,
+                                         cfg.replay.max_examples)
+    tok = prepare(job_dir, tokenizer, cfg.train, meta.sha256,
+                  job_dir / lifecycle.REPLAY_JSONL if replay else None, replay["sha256"] if replay else "")
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
     ds = JobDataset(tok, data_order(len(tok), seed))
     log.info("%s: %d examples (%d dropped, %d truncated), %d tokens; model %s (%s)", meta.id, len(ds),
@@ -322,7 +326,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         version = models.publish(layout, trainer.model, tokenizer, parent, meta,
                                  {"examples_trained": len(ds), "steps": trainer.state.global_step,
                                   "dropped": tok.dropped, "truncated": tok.truncated,
-                                  "final_loss": progress.last.get("loss")})
+                                  "final_loss": progress.last.get("loss"), "replay": replay})
         log.info("%s: published %s", meta.id, version)
         checkpoints.clear(job_dir)
     return ExitCode.FINISHED
