@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -143,3 +144,15 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+@contextlib.contextmanager
+def daemon(base: Path, *args: str):
+    """A real `trainerd run` for the body of a with-block; killed if the body left it up."""
+    d = start_daemon(base, *args)
+    try:
+        yield d
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import (
     chat_rows,
     cli,
+    daemon,
     daemon_log,
     gone,
     make_base,
@@ -81,8 +82,7 @@ def finished_meta(base):
 def test_pause_checkpoints_at_a_step_and_resume_equals_uninterrupted(tmp_path, tiny_model, reference):
     base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
     write_jsonl(base / "inbox" / "k.jsonl", rows())
-    d = start_daemon(base)
-    try:
+    with daemon(base) as d:
         wait_for(lambda: (progress(base) or {}).get("step", 0) >= 6, what="step 6")
         cli("pause", "--base-dir", base, "--reason", "test")
         job = active_dir(base)
@@ -104,9 +104,6 @@ def test_pause_checkpoints_at_a_step_and_resume_equals_uninterrupted(tmp_path, t
         wait_for(lambda: os.listdir(Layout.at(base).done), what="job done")
         cli("stop", "--base-dir", base)
         assert d.wait(60) == 0
-    finally:
-        if d.poll() is None:
-            d.kill()
     meta = finished_meta(base)
     assert [a["outcome"] for a in meta["attempts"]] == ["stopped", "finished"]
     assert meta["steps_done"] == reference[1]["steps_done"] == 48
@@ -127,8 +124,7 @@ def test_sigkill_of_the_worker_twice_at_random_steps_resumes_exactly(tmp_path, t
     kills = sorted(rng.sample(range(5, 40), 2))
     base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
     write_jsonl(base / "inbox" / "k.jsonl", rows())
-    d = start_daemon(base)
-    try:
+    with daemon(base) as d:
         for n, at in enumerate(kills, start=1):
             p = wait_for(lambda at=at, n=n: (lambda x: x if x and x.get("attempt") == n and x.get("step", 0) >= at
                                              else None)(progress(base)), what=f"step {at} (seed {seed})")
@@ -142,9 +138,6 @@ def test_sigkill_of_the_worker_twice_at_random_steps_resumes_exactly(tmp_path, t
         wait_for(lambda: os.listdir(Layout.at(base).done), what="job done")
         cli("stop", "--base-dir", base)
         assert d.wait(60) == 0
-    finally:
-        if d.poll() is None:
-            d.kill()
     meta = finished_meta(base)
     assert [a["outcome"] for a in meta["attempts"]] == ["crashed", "crashed", "finished"], seed
     assert "SIGKILL" in meta["attempts"][0]["error"]
@@ -214,17 +207,13 @@ def test_sigterm_warm_then_cold_and_kill9_recovery(tmp_path, tiny_model, referen
 def test_skip_hits_only_the_job_that_was_active(tmp_path, tiny_model):
     base = make_base(tmp_path / "b", tiny_model, SLOW_JOB)
     write_jsonl(base / "inbox" / "a.jsonl", rows())
-    d = start_daemon(base)
-    try:
+    with daemon(base) as d:
         wait_for(lambda: (progress(base) or {}).get("step", 0) >= 2, what="step 2")
         cli("skip", "--base-dir", base, "--reason", "wrong file")
         write_jsonl(base / "inbox" / "b.jsonl", chat_rows(8))
         wait_for(lambda: len(os.listdir(Layout.at(base).done)) == 1, what="second job done")
         cli("stop", "--base-dir", base)
         assert d.wait(60) == 0
-    finally:
-        if d.poll() is None:
-            d.kill()
     layout = Layout.at(base)
     [failed] = os.listdir(layout.failed)
     assert failed.endswith("-a")

@@ -22,6 +22,7 @@ ERROR_JSON = "error.json"
 PROGRESS_JSON = "progress.json"
 WORKER_LOG = "worker.log"
 WORKER_ERROR = "worker-error.json"  # the worker's own account of why it failed
+WORKER_LOCK = ".worker.lock"  # flocked by the live worker of a job
 METRICS = "metrics.jsonl"
 
 

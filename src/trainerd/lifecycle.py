@@ -37,7 +37,8 @@ from typing import Any
 
 from trainerd import atomic
 from trainerd.guards import dir_bytes
-from trainerd.jobs import DATA
+from trainerd.jobs import DATA, WORKER_LOCK
+from trainerd.lock import flock_within
 from trainerd.paths import Layout
 from trainerd.schedule import Line, RetentionConfig, section
 from trainerd.validate import example_format, iter_lines
@@ -46,7 +47,6 @@ from trainerd.worker import models  # torch-free at import: versions(), set_curr
 log = logging.getLogger("trainerd.lifecycle")
 
 MODELS_LOCK = "models.lock"
-WORKER_LOCK = ".worker.lock"  # held by a training worker for its whole attempt (worker/main.py)
 TOKENS_CACHE = "tokens"  # the worker's tokenized cache of data.jsonl (worker/data.py CACHE)
 REPLAY_JSONL = "replay.jsonl"  # old examples mixed into a job (see replay_for_job)
 REPLAY_JSON = "replay.json"
@@ -230,18 +230,12 @@ def models_lock(layout: Layout, what: str, timeout: float = 10.0) -> Iterator[No
     holder's pid and task are written inside for the error message)."""
     path = layout.run / MODELS_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
+    fd = flock_within(path, timeout, interval=0.1)
+    if fd is None:
+        with contextlib.suppress(OSError):
+            holder = path.read_text("utf-8", "replace").strip()
+        raise Busy(f"models are busy ({holder or 'another process'}); try again when it has finished")
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
-                    raise Busy(f"models are busy ({holder}); try again when it has finished") from None
-                time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{what}, pid {os.getpid()}, since {time.strftime('%H:%M:%S')}".encode(), 0)
         yield

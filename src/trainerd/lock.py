@@ -37,6 +37,22 @@ def _read_holder(path: Path) -> Holder:
         return Holder(None, None)
 
 
+def flock_within(path: Path, timeout: float, interval: float = 0.02) -> int | None:
+    """Open `path` (created if needed) and take an exclusive flock, retrying until
+    `timeout`. Returns the fd (closing it releases the lock), or None if still held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(interval)
+
+
 class DaemonLock:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -45,25 +61,16 @@ class DaemonLock:
     def acquire(self, retry_seconds: float = 0.5) -> None:
         """Take the lock or raise AlreadyRunning naming the holder.
 
-        Retries briefly because `is_held` (used by `trainerd status`) takes the lock for a
+        Retries briefly because `holder()` (used by `trainerd status`) takes the lock for a
         few microseconds to probe it; a start must not fail on that probe.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + retry_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    holder = _read_holder(self.path)
-                    raise AlreadyRunning(
-                        f"trainerd is already running ({holder.describe()}) on {self.path.parent.parent}; "
-                        f"stop it with `trainerd stop` or use another --base-dir"
-                    ) from None
-                time.sleep(0.02)
+        fd = flock_within(self.path, retry_seconds)
+        if fd is None:
+            raise AlreadyRunning(
+                f"trainerd is already running ({_read_holder(self.path).describe()}) on "
+                f"{self.path.parent.parent}; stop it with `trainerd stop` or use another --base-dir"
+            )
         self._fd = fd
         info = json.dumps({"pid": os.getpid(), "started_at": time.time()}).encode()
         os.ftruncate(fd, 0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
-import fcntl
 import logging
 import os
 import signal
@@ -22,7 +21,8 @@ import traceback
 from pathlib import Path
 
 from trainerd import atomic
-from trainerd.jobs import WORKER_ERROR, ExitCode
+from trainerd.jobs import WORKER_ERROR, WORKER_LOCK, ExitCode
+from trainerd.lock import flock_within
 from trainerd.paths import Layout
 
 log = logging.getLogger("trainerd.worker")
@@ -40,16 +40,10 @@ def _die_with_parent() -> None:
 
 def _lock_job(job_dir: Path, timeout: float = 60.0) -> int:
     """One worker per job dir, even if an orphan from a killed daemon is still exiting."""
-    fd = os.open(job_dir / ".worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"another worker still holds {job_dir}/.worker.lock") from None
-            time.sleep(0.5)
+    fd = flock_within(job_dir / WORKER_LOCK, timeout, interval=0.5)
+    if fd is None:
+        raise RuntimeError(f"another worker still holds {job_dir / WORKER_LOCK}")
+    return fd
 
 
 def _report(job_dir: Path, kind: str, message: str, tb: str | None = None) -> None:
