@@ -1,8 +1,8 @@
 """The dashboard in a real browser, against a real daemon training a real (tiny) model.
 
 Headless Chromium (Debian's, driven by the `playwright` package; `playwright install` is
-never run) loads the page, watches the loss curve grow, enters the token, clicks Pause and
-sees the daemon converge to paused. Screenshots land in tests/artifacts/ for a person to
+never run) loads the page, watches the loss curve grow, sees the first job's probe eval on
+the probe chart, enters the token, clicks Pause and sees the daemon converge to paused. Screenshots land in tests/artifacts/ for a person to
 judge the design.
 
 The supervisor does not start the HTTP server yet, so this test runs it in the test
@@ -42,7 +42,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # 200 examples / micro-batch 2 = 100 steps: long enough to watch the curve grow and pause
 # mid-epoch, even on a fast machine (the tiny model does ~10 steps/s on 2 cores).
-CONFIG = "[train]\nmicro_batch_size = 2\n[server]\nenabled = false\n"
+CONFIG = "[train]\nmicro_batch_size = 2\n[server]\nenabled = false\n[eval]\nmax_new_tokens = 16\n"
 
 
 @pytest.fixture
@@ -92,6 +92,7 @@ def test_dashboard_follows_training_and_pauses_the_daemon(tmp_path, tiny_model, 
     settled = time.time() - 3600  # as write_jsonl does: no settle wait
     os.utime(base / "inbox" / "c-broken.jsonl", (settled, settled))
     write_jsonl(base / "inbox" / "d-later.jsonl", chat_rows(20, "later"))
+    write_jsonl(base / "probe.jsonl", chat_rows(4, "intro"))  # every job is scored on it at its end
 
     def heartbeat() -> float:
         return float(json.loads(layout.status.read_text())["heartbeat_at"])
@@ -109,6 +110,12 @@ def test_dashboard_follows_training_and_pauses_the_daemon(tmp_path, tiny_model, 
 
         wait_for(lambda: os.listdir(layout.done), timeout=240, what="the intro job to finish")
         wait_for(lambda: active_step(layout, "b-main.jsonl") >= 1, timeout=240, what="the main job to train")
+        # The intro job's end-of-job probe eval, from state.db, on the probe chart.
+        wait_page(page, "Number(document.getElementById('evals-loss-chart').dataset.points) >= 1", 60,
+                  "the probe eval chart")
+        assert "1 eval of 1 job" in page.inner_text("#evals-title")
+        assert page.locator("#evals-latest tbody tr").count() == 4
+        assert "a-intro.jsonl" in page.inner_text("#evals-latest-title")
         # The chart follows the active job and grows with it.
         wait_page(page, "document.getElementById('chart-title').textContent.includes('b-main')"
                   " && Number(document.getElementById('loss-chart').dataset.points) >= 3", 60,

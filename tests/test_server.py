@@ -233,6 +233,46 @@ def test_metrics_series_from_state_db_then_metrics_jsonl(server, layout, tmp_pat
     assert m["source"] == "metrics.jsonl" and m["series"]["step"] == [1, 2, 3, 4, 5, 6]
 
 
+def eval_row(attempt: int, step: int, ts: float, loss: float, exact: float, final: bool = False) -> dict:
+    """A row as trainerd.worker.evals writes it to evals.jsonl."""
+    return {"attempt": attempt, "step": step, "ts": ts, "final": final, "loss": loss, "exact_match": exact,
+            "similarity": exact, "examples": 6, "tokens": 80, "generated": 4, "complete": True,
+            "seconds": 0.5, "probe_sha": "abc", "samples": [{"line": 1, "exact": True, "similarity": 1.0,
+                                                             "expected": "4", "generated": "4"}]}
+
+
+def test_evals_trend_across_jobs_from_state_db_and_the_active_job(server, layout, tmp_path):
+    empty = get_json(server.url + "api/evals")
+    assert empty == {"source": None, "count": 0, "series": empty["series"], "latest": None}
+    assert call(server.url + "api/evals?limit=x")[0] == 400
+    # Two jobs finished earlier: the supervisor copied their evals into state.db.
+    ledger = Ledger(layout.state_db)
+    ledger.evals("20260101T000000-000001-old", 1, [eval_row(1, 4, 1000.0, 2.5, 0.0),
+                                                   eval_row(1, 8, 1010.0, 2.0, 0.25, final=True)])
+    ledger.evals("20260102T000000-000001-newer", 2, [eval_row(2, 8, 2000.0, 1.5, 0.5, final=True)])
+    ledger.close()
+    # The active job's running attempt: only its evals.jsonl has it (the last line is cut).
+    ref = submit(layout, tmp_path, "live.jsonl", chat_rows(8))
+    Queue(layout, QueueConfig()).claim()
+    active = layout.active / ref.id
+    with open(active / "evals.jsonl", "w") as f:
+        f.write(json.dumps(eval_row(1, 3, 3000.0, 1.2, 0.75)) + "\n" + '{"attempt": 1, "step": 6, "lo')
+    e = get_json(server.url + "api/evals")
+    assert e["source"] == "state.db+evals.jsonl" and e["count"] == 4
+    s = e["series"]
+    assert s["job_id"] == ["20260101T000000-000001-old"] * 2 + ["20260102T000000-000001-newer", ref.id]
+    assert s["ts"] == [1000.0, 1010.0, 2000.0, 3000.0] and s["final"] == [False, True, True, False]
+    assert s["loss"] == [2.5, 2.0, 1.5, 1.2] and s["exact_match"] == [0.0, 0.25, 0.5, 0.75]
+    assert "samples" not in s  # answers only for the newest eval
+    assert e["latest"]["job_id"] == ref.id and e["latest"]["samples"][0]["generated"] == "4"
+    assert get_json(server.url + "api/evals?limit=2")["series"]["ts"] == [2000.0, 3000.0]
+    # state.db is history: without it, the running attempt's own file still answers.
+    for p in layout.base.glob("state.db*"):
+        p.unlink()
+    e = get_json(server.url + "api/evals")
+    assert e["source"] == "evals.jsonl" and e["series"]["job_id"] == [ref.id]
+
+
 # --------------------------------------------------------------------------- /metrics
 EXPECTED_FAMILIES = {
     "trainerd_up", "trainerd_heartbeat_age_seconds", "trainerd_build_info", "trainerd_desired_state",
@@ -400,7 +440,7 @@ def test_upload_over_the_limit_is_413_before_the_body(server, layout):
 def test_dashboard_page_and_assets(server):
     code, headers, body = call(server.url)
     assert code == 200 and headers["Content-Type"].startswith("text/html")
-    assert b'id="loss-chart"' in body and b"/static/app.js" in body
+    assert b'id="loss-chart"' in body and b'id="evals-loss-chart"' in body and b"/static/app.js" in body
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert "Access-Control-Allow-Origin" not in headers
     for asset, kind in (("static/app.js", "text/javascript"), ("static/style.css", "text/css")):

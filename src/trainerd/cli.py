@@ -134,10 +134,19 @@ def _setup_logging(layout: Layout, fmt: str, verbose: bool) -> None:
 def status(
     base_dir: Path = BaseDir,
     as_json: bool = typer.Option(False, "--json", help="machine-readable"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="a live view, redrawn until Ctrl+C"),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="seconds between redraws (--watch)"),
 ) -> None:
     """Is the daemon running, what is it training, what is queued, which model is current."""
     from trainerd.status import collect
 
+    if watch:
+        if as_json:
+            _fail("--watch draws for a terminal; use --json alone for a machine-readable snapshot")
+        from trainerd.watch import watch as live_view
+
+        live_view(_layout(base_dir), interval)
+        return
     s = collect(_layout(base_dir))
     if as_json:
         out.print_json(json.dumps(s, default=str))

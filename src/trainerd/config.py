@@ -96,6 +96,16 @@ class ServerConfig(_Section):
     max_upload_mb: float = Field(256, gt=0)
 
 
+class EvalConfig(_Section):
+    probe_file: str = Field(
+        "probe.jsonl", description="probe set (JSONL, training formats) in the base dir; skipped when absent"
+    )
+    every_steps: int = Field(0, ge=0, description="evaluate every N optimizer steps; 0 = only at job end")
+    generate_examples: int = Field(8, ge=0, description="greedy generations compared with the expected answer")
+    max_new_tokens: int = Field(64, ge=1)
+    max_seconds: float = Field(60.0, gt=0, description="time bound per eval; stops early and records how far it got")
+
+
 class Config(_Section):
     base_model: str = Field(..., min_length=1, description="local directory or hub id")
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -108,6 +118,7 @@ class Config(_Section):
     consolidate: ConsolidateConfig = Field(default_factory=ConsolidateConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 class ConfigError(Exception):
@@ -250,4 +261,11 @@ keep_rejected = 2            # failed consolidations kept for inspection
 [replay]
 fraction = 0.0               # add ceil(fraction x a job's examples) old examples to its epoch (0 = off)
 max_examples = 2000          # at most this many per job
+
+[eval]
+probe_file = "probe.jsonl"   # probe set in the base dir (same formats as training); no file, no evals
+every_steps = 0              # also evaluate every N steps; 0 = only at the end of each job
+generate_examples = 8        # greedy answers compared with the expected last assistant turn
+max_new_tokens = 64
+max_seconds = 60             # per eval: stops early (and records how many it did) past this
 """

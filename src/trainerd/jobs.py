@@ -24,6 +24,8 @@ WORKER_LOG = "worker.log"
 WORKER_ERROR = "worker-error.json"  # the worker's own account of why it failed
 WORKER_LOCK = ".worker.lock"  # flocked by the live worker of a job
 METRICS = "metrics.jsonl"
+EVALS = "evals.jsonl"  # probe evals, one row per eval (trainerd.worker.evals)
+TENSORBOARD = "tensorboard"  # event files of the job's attempts
 
 
 class JobState(str, Enum):

@@ -1,4 +1,4 @@
-"""SQLite history (state.db, WAL): events and step metrics.
+"""SQLite history (state.db, WAL): events, step metrics and probe evals.
 
 History, not truth: jobs live in jobs/. Deleting state.db loses charts and the event log,
 never a job. Every write is best-effort from the daemon's point of view: a locked or
@@ -33,7 +33,22 @@ CREATE TABLE IF NOT EXISTS metrics (
     examples_done INTEGER,
     PRIMARY KEY (job_id, attempt, step)
 );
+CREATE TABLE IF NOT EXISTS evals (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    final INTEGER NOT NULL,  -- 1 for the eval at the end of the job
+    loss REAL,
+    exact_match REAL,
+    similarity REAL,
+    data TEXT NOT NULL DEFAULT '{}',  -- the rest of the worker's row (counts, seconds, samples)
+    PRIMARY KEY (job_id, attempt, step)
+);
+CREATE INDEX IF NOT EXISTS evals_ts ON evals(ts);
 """
+
+EVAL_COLS = ("job_id", "attempt", "step", "ts", "final", "loss", "exact_match", "similarity")
 
 
 class Ledger:
@@ -60,6 +75,18 @@ class Ledger:
             ],
         )
 
+    def evals(self, job_id: str, attempt: int, rows: list[dict[str, Any]]) -> None:
+        """Rows of the worker's evals.jsonl (trainerd.worker.evals) for one attempt."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO evals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (job_id, attempt, r["step"], r.get("ts", time.time()), int(bool(r.get("final"))),
+                 r.get("loss"), r.get("exact_match"), r.get("similarity"),
+                 json.dumps({k: v for k, v in r.items() if k not in EVAL_COLS}, default=str))
+                for r in rows
+            ],
+        )
+
     def events(self, job_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         q = "SELECT ts, job_id, kind, data FROM events"
         args: tuple = ()
@@ -72,3 +99,32 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+
+def read_evals(path: Path, limit: int = 2000) -> list[dict[str, Any]] | None:
+    """The newest `limit` probe evals of all jobs, oldest first, opened read-only (for the
+    HTTP server and `status --watch`, beside the daemon that writes). None when state.db is
+    missing or unusable: it is history, deletable at any time."""
+    if not Path(path).is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = con.execute(f"SELECT {', '.join(EVAL_COLS)}, data FROM evals ORDER BY ts DESC LIMIT ?",
+                           (limit,)).fetchall()
+    except sqlite3.Error:
+        return None  # e.g. a state.db from before the evals table
+    finally:
+        con.close()
+    out = []
+    for r in reversed(rows):
+        row = dict(zip(EVAL_COLS, r[:-1], strict=True))
+        row["final"] = bool(row["final"])
+        try:
+            row.update({k: v for k, v in json.loads(r[-1]).items() if k not in EVAL_COLS})
+        except ValueError:
+            pass
+        out.append(row)
+    return out

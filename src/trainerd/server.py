@@ -56,7 +56,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from trainerd import __version__, atomic, control, lock, status
 from trainerd.config import QueueConfig, ServerConfig
 from trainerd.control import Desired
-from trainerd.jobs import ERROR_JSON, JOB_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState, Priority
+from trainerd.jobs import (
+    ERROR_JSON,
+    EVALS,
+    JOB_JSON,
+    METRICS,
+    PROGRESS_JSON,
+    JobMeta,
+    JobState,
+    Priority,
+)
 from trainerd.paths import PRIORITIES, Layout
 from trainerd.queue import JobRef, Queue, QueueError
 
@@ -78,6 +87,10 @@ REASON_MAX = 500
 ETA_WINDOW_STEPS = 50  # the ETA uses the recent step rate, not the attempt's average
 CHART_POINTS_MAX = 20_000
 SERIES_COLS = ("attempt", "step", "ts", "loss", "lr", "tokens_per_s", "examples_done")  # /api/metrics
+# /api/evals: one point per probe eval (trainerd.worker.evals), across jobs
+EVAL_SERIES = ("job_id", "attempt", "step", "ts", "final", "loss", "exact_match", "similarity",
+               "examples", "generated", "complete", "seconds", "probe_sha")
+EVALS_MAX = 20_000
 
 TOKEN_FILE = "token"
 SERVER_JSON = "server.json"
@@ -197,9 +210,10 @@ class JsonlTail:
     shrunk file (requeue archives it) is read again from the start.
     """
 
-    def __init__(self, max_files: int = 16):
+    def __init__(self, max_files: int = 16, cols: tuple[str, ...] = SERIES_COLS):
         self._files: OrderedDict[Path, tuple[int, int, list[dict[str, Any]]]] = OrderedDict()
         self._max = max_files
+        self._cols = cols  # kept per row for a whole job: only what we serve
         self._lock = threading.Lock()
 
     def rows(self, path: Path) -> list[dict[str, Any]]:
@@ -220,8 +234,7 @@ class JsonlTail:
                 self._files.popitem(last=False)
             return list(rows)
 
-    @staticmethod
-    def _read_more(path: Path, offset: int, rows: list[dict[str, Any]]) -> tuple[int, list]:
+    def _read_more(self, path: Path, offset: int, rows: list[dict[str, Any]]) -> tuple[int, list]:
         try:
             with open(path, "rb") as f:
                 f.seek(offset)
@@ -229,18 +242,19 @@ class JsonlTail:
         except OSError:
             return offset, rows
         end = data.rfind(b"\n") + 1  # leave a half-written last line for next time
-        rows = rows + [r for r in map(_parse_line, data[:end].splitlines()) if r is not None]
+        parsed = (_parse_line(line, self._cols) for line in data[:end].splitlines())
+        rows = rows + [r for r in parsed if r is not None]
         return offset + end, rows
 
 
-def _parse_line(line: bytes) -> dict[str, Any] | None:
+def _parse_line(line: bytes, cols: tuple[str, ...]) -> dict[str, Any] | None:
     try:
         row = json.loads(line)
     except ValueError:
         return None  # a line cut by a crash mid-write
     if not isinstance(row, dict) or "step" not in row:
         return None
-    return {c: row.get(c) for c in SERIES_COLS}  # kept per step for a whole job: only what we serve
+    return {c: row.get(c) for c in cols}
 
 
 def eta_seconds(progress: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
@@ -296,6 +310,7 @@ class App:
     heartbeat: Callable[[], float]
     loopback: bool = True
     jsonl: JsonlTail = field(default_factory=JsonlTail)
+    eval_tail: JsonlTail = field(default_factory=lambda: JsonlTail(4, (*EVAL_SERIES, "samples")))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _submit_lock: threading.Lock = field(default_factory=threading.Lock)
     _facts: dict[str, tuple[tuple[int, int, int], int, int]] = field(default_factory=dict)
@@ -491,6 +506,28 @@ class App:
             "max_steps": (progress or {}).get("max_steps") or (meta.steps_done if meta else None),
             "examples_total": meta.examples if meta else None,
             "series": {c: [r.get(c) for r in shown] for c in SERIES_COLS},
+        }
+
+    def evals(self, query: dict[str, str]) -> dict[str, Any]:
+        """Probe evals of every job over time, oldest first: state.db for ended attempts (the
+        supervisor copies them there), the active job's evals.jsonl for the running one.
+        `latest` is the newest eval with its sample answers."""
+        from trainerd.ledger import read_evals
+
+        try:
+            limit = max(1, min(int(query.get("limit", "2000")), EVALS_MAX))
+        except ValueError:
+            raise HttpError(400, "limit must be an integer") from None
+        from_db = read_evals(self.layout.state_db, limit) or []
+        have = {(r["job_id"], r["attempt"]) for r in from_db}
+        from_file = [{**r, "job_id": ref.id} for ref in self.queue().list(JobState.ACTIVE)
+                     for r in self.eval_tail.rows(ref.path / EVALS) if (ref.id, r.get("attempt")) not in have]
+        rows = sorted(from_db + from_file, key=lambda r: r.get("ts") or 0)[-limit:]
+        source = "+".join(n for n, part in (("state.db", from_db), ("evals.jsonl", from_file)) if part)
+        return {
+            "source": source or None, "count": len(rows),
+            "series": {c: [r.get(c) for r in rows] for c in EVAL_SERIES},
+            "latest": rows[-1] if rows else None,
         }
 
     def models(self) -> dict[str, Any]:
@@ -835,6 +872,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, app.jobs(query))
         if path == "/api/models":
             return self._json(200, app.models())
+        if path == "/api/evals":
+            return self._json(200, app.evals(query))
         for prefix, fn in (("/api/jobs/", app.job), ("/api/metrics/", None)):
             if path.startswith(prefix) and path.count("/") == 3:
                 job_id = path[len(prefix):]  # raw (not %-decoded): a valid id needs no escaping

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from trainerd import atomic, control, guards
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.jobs import (
+    EVALS,
     METRICS,
     PROGRESS_JSON,
     WORKER_ERROR,
@@ -464,7 +466,7 @@ class Supervisor:
         self.disk_retry_at = time.monotonic() + 10.0
 
     def _absorb_progress(self, r: Running, meta: JobMeta) -> None:
-        """Copy the worker's last progress into job.json and its metrics into state.db."""
+        """Copy the worker's last progress into job.json, its metrics and probe evals into state.db."""
         try:
             p = atomic.read_json(r.ref.path / PROGRESS_JSON)
             meta.examples_done = int(p.get("examples_done", meta.examples_done))
@@ -480,15 +482,18 @@ class Supervisor:
             meta.save(r.ref.path)
         if self.ledger is None:
             return
-        try:
-            rows = []
-            for line in (r.ref.path / METRICS).read_text().splitlines():
-                with contextlib.suppress(ValueError):  # a line cut by a kill mid-write
-                    rows.append(json.loads(line))
-            rows = [x for x in rows if x.get("attempt") == r.attempt and "step" in x]
-            self.ledger.metrics(r.ref.id, r.attempt, rows)
-        except OSError as e:
-            log.debug("metrics not recorded for %s: %s", r.ref.id, e)
+        for name, record in ((METRICS, self.ledger.metrics), (EVALS, self.ledger.evals)):
+            try:
+                rows = []
+                for line in (r.ref.path / name).read_text().splitlines():
+                    with contextlib.suppress(ValueError):  # a line cut by a kill mid-write
+                        rows.append(json.loads(line))
+                rows = [x for x in rows if x.get("attempt") == r.attempt and "step" in x]
+                record(r.ref.id, r.attempt, rows)
+            except FileNotFoundError:
+                pass  # no step logged, or no probe set
+            except (OSError, sqlite3.Error) as e:  # history only: the outcome is recorded next
+                log.warning("%s of %s not recorded in state.db: %s", name, r.ref.id, e)
 
     def _apply_idle_skip(self, skip: control.Skip) -> None:
         """A skip for a job sitting in active/ with no worker (paused or stopped)."""

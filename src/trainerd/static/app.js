@@ -3,7 +3,8 @@
 // - /api/status every 2 s (every 10 s while the tab is hidden): daemon, active job, queue.
 // - /api/metrics/{id} every 2 s for the chart's job: the active one, else the last
 //   finished one, or the one picked in the history table.
-// - /api/jobs?state=done and /api/models when the done count changes (and every 30 s).
+// - /api/jobs?state=done, /api/models and /api/evals (probe evals of every job) when the
+//   done count changes (and every 30 s).
 // User-supplied text (file names, reasons) only ever goes in through textContent.
 "use strict";
 
@@ -19,6 +20,7 @@ const ui = {
   chartJob: null,      // job id the charts show
   series: null,        // last /api/metrics answer for chartJob
   doneSeen: -1,        // done count when history was last fetched
+  names: new Map(),    // job id -> file name, for the probe-eval chart's hover
   slowAt: 0,
   timer: null,
 };
@@ -57,6 +59,10 @@ function fmtAgo(t, now) {
 function fmtClock(t) {
   return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
+function fmtWhen(t) {
+  return new Date(t * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+function fmtPct(x) { return x === null || x === undefined || !isFinite(x) ? dash : `${(x * 100).toFixed(0)}%`; }
 
 // Build elements without innerHTML: h("td", {class: "num"}, "text", childNode, ...)
 function h(tag, attrs, ...children) {
@@ -389,7 +395,8 @@ function drawChart(canvas, spec) {
   ctx.textBaseline = "top";
   for (const v of niceTicks(xlo, xhi, Math.max(2, Math.floor((W - L) / 90)))) {
     if (v < xlo || v > xhi || v !== Math.round(v)) continue;
-    ctx.fillText(fmtNum(v), X(v), H - B + 6);
+    const label = (spec.xfmt || fmtNum)(v), half = ctx.measureText(label).width / 2;
+    ctx.fillText(label, Math.min(Math.max(X(v), L + half), W - half), H - B + 6);  // never clipped
   }
 
   // resume markers: where a later attempt took over
@@ -418,6 +425,11 @@ function drawChart(canvas, spec) {
     });
     if (pts === 1) { ctx.arc(X(xs[0]), Y(l.ys[0]), 2.5, 0, 7); ctx.fillStyle = color; ctx.fill(); }
     ctx.stroke();
+    ctx.fillStyle = color;
+    (l.dots || []).forEach((on, i) => {  // emphasised points (a job's final eval)
+      if (!on || l.ys[i] === null || !isFinite(l.ys[i])) return;
+      ctx.beginPath(); ctx.arc(X(xs[i]), Y(l.ys[i]), 3, 0, 7); ctx.fill();
+    });
     ctx.restore();
   }
 
@@ -438,7 +450,7 @@ function drawChart(canvas, spec) {
   if (y !== null && isFinite(y)) {
     ctx.fillStyle = color;
     ctx.beginPath(); ctx.arc(X(xs[idx]), Y(y), 3.5, 0, 7); ctx.fill();
-    const text = `step ${fmtNum(xs[idx])} · ${spec.fmt(y)}` +
+    const text = `${spec.xlabel ? spec.xlabel(idx) : `step ${fmtNum(xs[idx])}`} · ${spec.fmt(y)}` +
       (lines.length > 1 && lines[0].ys[idx] !== null ? ` (raw ${spec.fmt(lines[0].ys[idx])})` : "");
     ctx.font = "600 12px system-ui, sans-serif";
     const tw = ctx.measureText(text).width + 14;
@@ -459,7 +471,7 @@ function redraw(id) {
   if (s && s.spec) drawChart($(id), s.spec);
 }
 
-for (const id of ["loss-chart", "lr-chart", "tps-chart"]) {
+for (const id of ["loss-chart", "lr-chart", "tps-chart", "evals-loss-chart", "evals-exact-chart"]) {
   const c = $(id);
   c.addEventListener("mousemove", (e) => {
     const r = c.getBoundingClientRect();
@@ -491,6 +503,41 @@ function renderCharts(m, label) {
     lines: [{ ys: pick("tokens_per_s"), width: 1.5 }] });
 }
 
+// Probe evals across jobs, over time: loss and exact match, a dot for each job's final eval,
+// a dashed line where the probe file changed (the points before it measured another set).
+function renderEvals(e) {
+  const s = (e && e.series) || { ts: [] };
+  const n = s.ts.length;
+  $("evals-empty").hidden = !!n;
+  $("evals-body").hidden = !n;
+  if (!n) { setText("evals-title", ""); return; }
+  const idx = [...Array(n).keys()];
+  const markers = idx.filter((i) => i && s.probe_sha[i] !== s.probe_sha[i - 1]).map((i) => s.ts[i]);
+  $("legend-probe").hidden = !markers.length;
+  const jobs = new Set(s.job_id).size;
+  setText("evals-title", `${n} eval${n === 1 ? "" : "s"} of ${jobs} job${jobs === 1 ? "" : "s"}`);
+  const xlabel = (i) => `${fmtWhen(s.ts[i])} · ${ui.names.get(s.job_id[i]) || s.job_id[i]}` +
+    (s.final[i] ? " (end)" : ` step ${fmtNum(s.step[i])}`);
+  const days = s.ts[n - 1] - s.ts[0] > 86400;  // tick labels: the day, or the time of day
+  const xfmt = (t) => new Date(t * 1000).toLocaleString([], days ? { month: "short", day: "numeric" }
+    : { hour: "2-digit", minute: "2-digit" });
+  const base = { xs: s.ts, xfmt, xlabel, markers, empty: "" };
+  drawChart($("evals-loss-chart"), { ...base, color: "--accent-4", fmt: (v) => v.toFixed(Math.abs(v) < 10 ? 3 : 1),
+    lines: [{ ys: s.loss, width: 1.5, dots: s.final }] });
+  drawChart($("evals-exact-chart"), { ...base, color: "--accent-4", fmt: fmtPct, zero: true,
+    lines: [{ ys: s.exact_match, width: 1.5, dots: s.final }] });
+  const last = e.latest || {};
+  const samples = last.samples || [];
+  setText("evals-latest-title", samples.length ? `Latest answers: ${ui.names.get(last.job_id) || last.job_id}, ` +
+    `step ${fmtNum(last.step)}, ${fmtAgo(last.ts)}${last.complete === false ? " (stopped early)" : ""}` : "");
+  $("evals-latest").hidden = !samples.length;
+  $("evals-latest").tBodies[0].replaceChildren(...samples.map((x) => h("tr", {},
+    h("td", { class: "num" }, fmtNum(x.line)),
+    h("td", {}, x.expected),
+    h("td", { class: x.exact ? "hit" : "miss" }, x.generated || "(nothing)"),
+    h("td", { class: "num" }, x.exact ? "exact" : fmtPct(x.similarity)))));
+}
+
 function pin(id) {
   ui.pinned = ui.pinned === id ? null : id;
   $("chart-live").hidden = !ui.pinned;
@@ -514,9 +561,12 @@ async function refreshSlow(s, force) {
   if (!force && done === ui.doneSeen && Date.now() - ui.slowAt < SLOW_REFRESH_MS) return;
   ui.doneSeen = done;
   ui.slowAt = Date.now();
-  const [jobs, models] = await Promise.all([api("/api/jobs?state=done&limit=25"), api("/api/models")]);
+  const [jobs, models, evals] = await Promise.all([api("/api/jobs?state=done&limit=25"), api("/api/models"),
+    api("/api/evals")]);
+  for (const j of [...(jobs.jobs || []), ...(s.active || [])]) ui.names.set(j.id, j.name || j.id);
   renderHistory(jobs.jobs || [], s.now);
   renderModels(models, s.now);
+  renderEvals(evals);
 }
 
 let inflight = false;

@@ -3,7 +3,8 @@
 resolve current model -> tokenize (or load the cache) -> load weights -> pick the newest
 valid checkpoint -> train the rest of the epoch with HF Trainer -> publish -> clean up.
 Components are plain objects; the callbacks below only observe the loop and flip
-Trainer's control flags (save now, stop now).
+Trainer's control flags (save now, stop now). Probe evals (worker/evals.py) and TensorBoard
+event files (job_dir/tensorboard) are callbacks too, and never change what is trained.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainerd import __version__, atomic, guards, lifecycle
 from trainerd.config import Config, load_config
-from trainerd.jobs import METRICS, PROGRESS_JSON, ExitCode, JobMeta
+from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.paths import Layout
 from trainerd.worker import checkpoints, models
 from trainerd.worker.data import JobDataset, data_order, prepare
@@ -181,6 +182,28 @@ def _gpu_bytes() -> int | None:
     return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
 
 
+def tensorboard_callback(job_dir: Path) -> Any:
+    """transformers' TensorBoardCallback writing to job_dir/tensorboard, or None when neither
+    tensorboardX nor tensorboard can be imported: event files are for people, so their
+    absence is a log line, never a failed job.
+
+    Not `report_to="tensorboard"`: its directory is `logging_dir`, a TrainingArguments field
+    transformers 5 removed (the callback now defaults under output_dir, our checkpoint
+    staging dir, which is cleared). Giving the callback its writer works on 4.x and 5.x.
+    """
+    from transformers.integrations import TensorBoardCallback
+
+    try:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+        except ImportError:
+            from tensorboardX import SummaryWriter
+        return TensorBoardCallback(SummaryWriter(log_dir=str(job_dir / TENSORBOARD)))
+    except Exception as e:  # not installed, or installed but broken (e.g. a protobuf clash)
+        log.info("no TensorBoard event files for this job (pip install tensorboardX): %s", e)
+        return None
+
+
 def _job_trainer():
     import torch
     from transformers import Trainer
@@ -257,6 +280,8 @@ def collator(cfg: Config, tokenizer: Any):
 def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     import torch
 
+    from trainerd.worker import evals
+
     cfg = load_config(layout.config)
     meta = JobMeta.load(job_dir)
     attempt = len(meta.attempts) or 1
@@ -302,17 +327,23 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     Control, Commit, Progress = _callbacks()
     progress = Progress(job_dir, attempt, ds, per_step)
     ctl = Control(stop, cfg, job_dir)
+    probe = evals.callback(layout, cfg, job_dir, attempt, tokenizer, stop)
     trainer = _job_trainer()(
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
         train_dataset=ds,
         data_collator=collator(cfg, tokenizer),
-        callbacks=[ctl, progress,
-                   Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep)],
+        callbacks=[ctl, progress, Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep),
+                   *([probe] if probe else [])],
     )
     if stop:  # asked to stop while loading: nothing new to save
         log.info("stop requested before training began (%s)", stop.reason)
         return ExitCode.STOPPED
+    tb = tensorboard_callback(job_dir) if trainer.is_world_process_zero() else None
+    if tb is not None:
+        trainer.add_callback(tb)
+        if probe is not None:
+            probe.tb = tb  # probe scalars beside the training ones
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     if ctl.disk_low:

@@ -1,0 +1,258 @@
+"""Probe evals: how the model does on a fixed probe set, every N steps and at job end.
+
+The probe set is the user's (`[eval] probe_file`, a JSONL in the base dir, in the training
+formats). An eval computes the loss on it exactly as training does (tokenize_example: the
+same rendering and masks, the model's own loss) and, for up to K examples, a greedy answer
+to the prompt part (everything before the last assistant turn, or the `prompt`) compared
+with the expected answer: exact match and a difflib similarity ratio.
+
+An eval must not change what training produces: it runs under no_grad in eval mode, puts
+train mode back, and saves and restores the RNG states, so a job with evals ends with the
+same weights as one without [test_evals: same_weights]. It is bounded by max_seconds and
+by a stop request: it stops early and records how many examples it got through.
+
+Rows go to the job's evals.jsonl (like metrics.jsonl); the supervisor copies an attempt's
+rows into state.db when the attempt ends, so SQLite has one writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import TrainerCallback
+
+from trainerd.config import Config
+from trainerd.jobs import EVALS
+from trainerd.paths import Layout
+from trainerd.validate import example_format, iter_lines
+from trainerd.worker.data import tokenize_example
+
+if TYPE_CHECKING:
+    from trainerd.worker.main import StopFlag
+
+log = logging.getLogger("trainerd.worker.evals")
+
+SAMPLE_CHARS = 300  # expected/generated text kept per sample in a row (state.db stays small)
+
+
+@dataclass
+class Probe:
+    """The probe set, tokenized once per attempt."""
+
+    sha: str  # of the file: a changed probe set shows as a break in the trend
+    examples: list[tuple[list[int], list[int]]]  # (input_ids, trainable mask), for the loss
+    prompts: list[tuple[int, list[int], str]] = field(default_factory=list)  # (line, prompt ids, expected)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def _prompt(obj: dict, tokenizer: Any) -> tuple[list[int], str] | None:
+    """(prompt ids, expected answer): the conversation before its last assistant turn,
+    rendered with the generation prompt, or a prompt/completion pair; None for `text`."""
+    if "messages" in obj:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")  # validated: one exists
+        ids = tokenizer.apply_chat_template(msgs[:last], tokenize=True, return_dict=True,
+                                            add_generation_prompt=True)["input_ids"]
+        return list(ids), msgs[last]["content"]
+    if "prompt" in obj:
+        return tokenizer(obj["prompt"], add_special_tokens=False)["input_ids"], obj["completion"]
+    return None
+
+
+def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int) -> Probe | None:
+    """The probe set at `path`, or None when there is none. Lines that are not valid
+    examples, or longer than train.max_seq_len, are left out and named in the log: a bad
+    probe line must never fail the job it observes."""
+    try:
+        raw_file = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    bad: list[str] = []
+    probe = Probe(hashlib.sha256(raw_file).hexdigest()[:16], [])
+    with open(path, "rb") as f:
+        for n, raw in iter_lines(f):
+            if raw is not None and not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw) if raw is not None else None
+            except ValueError:
+                obj = None
+            fmt, reason = example_format(obj) if obj is not None else (None, "not JSON")
+            if fmt is None:
+                bad.append(f"line {n} ({reason})")
+                continue
+            ids, mask = tokenize_example(obj, tokenizer)
+            if len(ids) > max_seq_len or not any(mask):
+                bad.append(f"line {n} ({len(ids)} tokens > train.max_seq_len)" if any(mask)
+                           else f"line {n} (nothing to score)")
+                continue
+            probe.examples.append((ids, mask))
+            p = _prompt(obj, tokenizer) if len(probe.prompts) < k else None
+            if p is not None:
+                probe.prompts.append((n, *p))
+    if bad:
+        log.warning("probe set %s: left out %d line(s): %s", path, len(bad), ", ".join(bad[:10]))
+    if not probe.examples:
+        log.warning("probe set %s has no usable example; no probe evals", path)
+        return None
+    return probe
+
+
+@contextlib.contextmanager
+def isolated(model: Any) -> Iterator[None]:
+    """Eval mode, no autograd, and RNG states put back afterwards: training goes on as if
+    nothing had happened (dropout masks included)."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS and the model's generation EOS (chat
+    models often end a turn with a token other than the tokenizer's EOS)."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_seconds: float,
+             stop: Any = None) -> dict[str, Any]:
+    """One eval: probe loss, then greedy answers; stops early past max_seconds or on stop."""
+    t0 = time.monotonic()
+    deadline = t0 + max_seconds
+    device = next(model.parameters()).device
+
+    def out_of_time() -> bool:
+        return bool(stop) or time.monotonic() >= deadline
+
+    nll = 0.0
+    tokens = scored = 0
+    samples: list[dict[str, Any]] = []
+    with isolated(model):
+        # One example per forward: no padding to get wrong, and logits of one sequence at a
+        # time (a batch of long sequences x a large vocabulary would not fit beside training).
+        for ids, mask in probe.examples:
+            if out_of_time():
+                break
+            x = torch.tensor([ids], device=device)
+            labels = torch.tensor([[i if m else -100 for i, m in zip(ids, mask, strict=True)]], device=device)
+            n = int((labels[:, 1:] != -100).sum())  # the model's loss is the mean over shifted targets
+            if n:
+                nll += float(model(input_ids=x, labels=labels, use_cache=False).loss) * n
+                tokens += n
+            scored += 1
+        loss_seconds = time.monotonic() - t0
+        stop_ids = _stop_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
+        for line, prompt, expected in probe.prompts:
+            if out_of_time():
+                break
+            x = torch.tensor([prompt], device=device)
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=stop_ids or None, pad_token_id=pad,
+                                 use_cache=True, max_time=max(0.1, deadline - time.monotonic()))
+            new = out[0, x.shape[1]:].tolist()
+            cut = next((j for j, t in enumerate(new) if t in stop_ids), len(new))
+            answer = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+            want = expected.strip()
+            samples.append({"line": line, "exact": answer == want,
+                            "similarity": round(difflib.SequenceMatcher(None, answer, want).ratio(), 4),
+                            "expected": want[:SAMPLE_CHARS], "generated": answer[:SAMPLE_CHARS]})
+    done = scored == len(probe.examples) and len(samples) == len(probe.prompts)
+    return {
+        "loss": nll / tokens if tokens else None,
+        "exact_match": sum(s["exact"] for s in samples) / len(samples) if samples else None,
+        "similarity": sum(s["similarity"] for s in samples) / len(samples) if samples else None,
+        "examples": scored, "tokens": tokens, "generated": len(samples),
+        "probe_examples": len(probe), "probe_prompts": len(probe.prompts), "probe_sha": probe.sha,
+        "complete": done, "stopped_by": None if done else ("stop" if stop else "max_seconds"),
+        "seconds": round(time.monotonic() - t0, 3), "loss_seconds": round(loss_seconds, 3), "samples": samples,
+    }
+
+
+class ProbeEval(TrainerCallback):
+    """Evaluates on rank 0 after every `every_steps`-th optimizer step and after the last
+    one (on_step_end: before that step's checkpoint and before publishing).
+
+    Rank 0 alone runs the unwrapped model while the other ranks wait at the next step: fine
+    with DDP, where every rank holds the whole model; a sharded model (FSDP, ZeRO-3) would
+    need every rank in each forward. An eval that fails is a log line and a row with its
+    error, never a failed job: it observes training, it is not part of it.
+    """
+
+    def __init__(self, job_dir: Path, attempt: int, probe: Probe, tokenizer: Any, cfg: Config,
+                 stop: StopFlag):
+        self.job_dir, self.attempt, self.probe, self.tokenizer = job_dir, attempt, probe, tokenizer
+        self.cfg, self.stop = cfg.eval, stop
+        self.tb: Any = None  # transformers' TensorBoardCallback, when event files are written
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        step = state.global_step
+        final = step >= state.max_steps
+        due = final or (self.cfg.every_steps and step % self.cfg.every_steps == 0)
+        if not due or not state.is_world_process_zero or self.stop or model is None:
+            return  # a stop request checkpoints now; the eval waits for a later attempt
+        row: dict[str, Any] = {"attempt": self.attempt, "step": step, "ts": time.time(), "final": final}
+        try:
+            row.update(evaluate(model, self.tokenizer, self.probe, self.cfg.max_new_tokens,
+                                self.cfg.max_seconds, self.stop))
+        except Exception as e:  # e.g. CUDA OOM in generate: isolated() has put training back
+            log.warning("probe eval at step %d failed; training goes on", step, exc_info=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            row.update(loss=None, exact_match=None, similarity=None, error=f"{type(e).__name__}: {e}")
+        with open(self.job_dir / EVALS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if "error" not in row:
+            self._report(row)
+
+    def _report(self, row: dict[str, Any]) -> None:
+        writer = getattr(self.tb, "tb_writer", None)
+        if writer is not None:  # probe scalars beside the training ones
+            for key in ("loss", "exact_match", "similarity"):
+                if row[key] is not None:
+                    writer.add_scalar(f"probe/{key}", row[key], row["step"])
+        log.info("probe eval at step %d%s: loss %s, exact %d/%d, similarity %s, %.2fs%s", row["step"],
+                 " (end)" if row["final"] else "", _fmt(row["loss"]), sum(s["exact"] for s in row["samples"]),
+                 row["generated"], _fmt(row["similarity"]), row["seconds"],
+                 "" if row["complete"] else f" (stopped early: {row['examples']}/{len(self.probe)} "
+                 f"scored, {row['generated']}/{len(self.probe.prompts)} generated)")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def callback(layout: Layout, cfg: Config, job_dir: Path, attempt: int, tokenizer: Any,
+             stop: StopFlag) -> ProbeEval | None:
+    """The probe-eval callback for this attempt, or None when there is no probe set."""
+    path = layout.base / cfg.eval.probe_file  # an absolute probe_file stays as it is
+    probe = load_probe(path, tokenizer, cfg.train.max_seq_len, cfg.eval.generate_examples)
+    if probe is None:
+        return None
+    log.info("probe set %s: %d examples, %d for generation; eval %s", path, len(probe), len(probe.prompts),
+             f"every {cfg.eval.every_steps} steps and at the end" if cfg.eval.every_steps else "at the end")
+    return ProbeEval(job_dir, attempt, probe, tokenizer, cfg, stop)
