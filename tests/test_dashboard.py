@@ -40,8 +40,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-# 200 examples / micro-batch 2 = 100 steps: long enough to watch the curve grow and pause
-# mid-epoch, even on a fast machine (the tiny model does ~10 steps/s on 2 cores).
+# 4000 examples / micro-batch 2 = 2000 steps: the job cannot finish before the test pauses
+# it mid-epoch, even on a fast machine (with 200 examples it once finished first, in CI).
 CONFIG = "[train]\nmicro_batch_size = 2\n[server]\nenabled = false\n[eval]\nmax_new_tokens = 16\n"
 
 
@@ -87,7 +87,7 @@ def test_dashboard_follows_training_and_pauses_the_daemon(tmp_path, tiny_model, 
     # A short job that finishes (history, a model version), the main one to watch, a
     # broken file (failed, with its line), and one that waits in the queue.
     write_jsonl(base / "inbox" / "a-intro.jsonl", chat_rows(12, "intro"))
-    write_jsonl(base / "inbox" / "b-main.jsonl", chat_rows(200, "main"))
+    write_jsonl(base / "inbox" / "b-main.jsonl", chat_rows(4000, "main"))
     (base / "inbox" / "c-broken.jsonl").write_text('{"text": "fine"}\n{"messages": [}\n')
     settled = time.time() - 3600  # as write_jsonl does: no settle wait
     os.utime(base / "inbox" / "c-broken.jsonl", (settled, settled))
