@@ -50,6 +50,12 @@ class TrainConfig(_Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
+    attention: Literal["auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "auto", description="attention kernel; auto = flash_attention_2 on CUDA when installed, else "
+        "packed_sdpa for packed batches and sdpa otherwise")
+    compile: bool = Field(False, description="torch.compile the model (Trainer's torch_compile)")
+    optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused"] = Field(
+        "auto", description="auto = fused AdamW on CUDA, plain AdamW on the CPU")
     max_host_memory_gb: float = Field(
         0, ge=0, description="worker RSS ceiling; above it the micro-batch is halved (0 = off)"
     )
@@ -201,6 +207,10 @@ seed = 1234                  # data order of a job = f(seed, job id); resumes sk
 threads = 0                  # CPU threads for torch; 0 = library default
 precision = "auto"           # "auto" (bf16 where supported), "fp32", "bf16", "fp16"
 gradient_checkpointing = false
+attention = "auto"           # "auto": flash_attention_2 on CUDA if installed, else "packed_sdpa"
+                             # (SDPA per packed example) or "sdpa"; also "eager", "flex_attention"
+compile = false              # torch.compile the model (pays off on long jobs on a GPU)
+optimizer = "auto"           # "auto" (fused AdamW on CUDA), "adamw_torch", "adamw_torch_fused"
 max_host_memory_gb = 0       # worker RSS ceiling; over it: halve the micro-batch and resume (0 = off)
 
 [train.lora]

@@ -88,7 +88,7 @@ def test_token_report_and_cli(tok, tmp_path, base):
     assert out["ok"] and out["tokens"]["over_max_seq_len"] == 1 and out["tokens"]["prompt_tokens"]["max"] > 0
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "packed_sdpa"])
 def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
     """The worker's packed batch (one row, position ids restarting per example) must give
     the token-weighted mean of running each example alone, and the same logits: nothing
@@ -99,6 +99,10 @@ def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
     from trainerd.config import Config
     from trainerd.worker.train import collator
 
+    if attn == "packed_sdpa":  # trainerd's per-example SDPA (worker/attention.py), the default
+        from trainerd.worker import attention
+
+        attn = attention.register()
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
     assert model.config.use_cache
     examples = []
@@ -120,3 +124,23 @@ def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
                                        rtol=1e-4, atol=1e-4)
             start += ids.shape[1]
     torch.testing.assert_close(out.loss, torch.tensor(total / count), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_sdpa_segments_and_fallbacks(tiny_model):
+    """Segments come from position ids alone; a padded batch or a cached decode step goes
+    through transformers' own SDPA and gives the same logits as plain `sdpa`."""
+    from transformers import AutoModelForCausalLM
+
+    from trainerd.worker import attention
+
+    assert attention.segments(torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]])) == [(0, 3), (3, 5), (5, 6), (6, 10)]
+    ours = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention.register()).eval()
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids, attention_mask=mask).logits,
+                                   ref(input_ids=ids, attention_mask=mask).logits)
+        a = ours.generate(ids[:1], max_new_tokens=4, do_sample=False)
+        b = ref.generate(ids[:1], max_new_tokens=4, do_sample=False)
+    assert torch.equal(a, b)

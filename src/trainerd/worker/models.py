@@ -105,13 +105,44 @@ def load_tokenizer(ref: ModelRef):
     return tok
 
 
+def attention_implementation(cfg: TrainConfig) -> str:
+    """What `train.attention` means on this machine (see worker/attention.py for why
+    packed batches get their own SDPA path)."""
+    import importlib.util
+
+    import torch
+
+    choice = cfg.attention
+    if choice == "auto":
+        if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+        choice = "packed_sdpa" if cfg.packing else "sdpa"
+    if choice == "packed_sdpa":
+        from trainerd.worker import attention
+
+        return attention.register()
+    return choice
+
+
+def for_saving(model: Any) -> None:
+    """Undo training-only settings before weights leave the worker, so a published model
+    loads anywhere: the KV cache back on, and no attention name only this process knows."""
+    from trainerd.worker import attention
+
+    model.config.use_cache = True
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) == attention.NAME:
+        base.set_attn_implementation("sdpa")
+
+
 def load_for_training(ref: ModelRef, cfg: TrainConfig):
     """The current model, ready to train: the line's adapter made trainable, a fresh LoRA
     on a full model, or (method = full) the full weights with any adapter merged in."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch_dtype(cfg))
+    model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch_dtype(cfg),
+                                                 attn_implementation=attention_implementation(cfg))
     model.config.use_cache = False  # required by padding-free batches; useless in training
     if cfg.method == "lora":
         if ref.kind == "adapter":

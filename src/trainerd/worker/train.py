@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("trainerd.worker.train")
 
 
+PROGRESS_EVERY = 1.0  # seconds between progress.json rewrites (status reads it; no need for more)
+
+
 class NonFiniteLoss(RuntimeError):
     """Loss or gradient norm became NaN/Inf; says at which step and on which examples."""
 
@@ -116,6 +119,7 @@ def _callbacks():
             self.start_tokens: int | None = None
             self.last: dict[str, Any] = {}
             self.last_ckpt: dict[str, Any] = {}
+            self.written = 0.0
 
         def examples_done(self, step: int) -> int:
             return min(self.n, step * self.per_step)
@@ -146,7 +150,12 @@ def _callbacks():
             with open(self.job_dir / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             self.last = row
-            self._write(state)
+            if time.monotonic() - self.written >= PROGRESS_EVERY:
+                self._write(state)
+
+        def on_train_end(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                self._write(state)
 
         def _where(self, key: str, value: float, step: int) -> str:
             lo, hi = self.examples_done(step - 1), self.examples_done(step)
@@ -161,6 +170,9 @@ def _callbacks():
             self._write(state)  # at once: a stop's checkpoint is the last thing that happens
 
         def _write(self, state) -> None:
+            # A display file: replaced atomically but not fsynced (a crash may lose the
+            # last second of it; checkpoints, not this, are what a resume trusts).
+            self.written = time.monotonic()
             try:
                 import psutil
 
@@ -171,7 +183,7 @@ def _callbacks():
                 **self.last, **self.last_ckpt, "max_steps": state.max_steps,
                 "examples_total": self.n, "rss_bytes": rss, "gpu_bytes": _gpu_bytes(),
                 "pid": os.getpid(), "updated_at": time.time(),
-            })
+            }, sync=False)
 
     return Control, Commit, Progress
 
@@ -255,7 +267,8 @@ def training_arguments(cfg: Config, output_dir: Path, seed: int):
         bf16=dtype == torch.bfloat16 and cuda,
         fp16=dtype == torch.float16 and cuda,
         gradient_checkpointing=t.gradient_checkpointing,
-        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        optim=t.optimizer if t.optimizer != "auto" else "adamw_torch_fused" if cuda else "adamw_torch",
+        torch_compile=t.compile,
         ddp_find_unused_parameters=False,
     )
 
@@ -353,7 +366,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
     if trainer.is_world_process_zero():
-        model.config.use_cache = True
+        models.for_saving(trainer.model)
         version = models.publish(layout, trainer.model, tokenizer, parent, meta,
                                  {"examples_trained": len(ds), "steps": trainer.state.global_step,
                                   "dropped": tok.dropped, "truncated": tok.truncated,
