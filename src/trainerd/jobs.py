@@ -7,6 +7,7 @@ where the file came from and the history of attempts.
 
 from __future__ import annotations
 
+import os
 import time
 from enum import Enum, IntEnum
 from pathlib import Path
@@ -23,6 +24,18 @@ PROGRESS_JSON = "progress.json"
 WORKER_LOG = "worker.log"
 WORKER_ERROR = "worker-error.json"  # the worker's own account of why it failed
 WORKER_LOCK = ".worker.lock"  # flocked by the live worker of a job
+# Under torchrun the launcher's exit status is torchrun's, not the worker's: rank 0 writes
+# its ExitCode here, and the supervisor trusts this file over the exit status.
+WORKER_OUTCOME = "worker-outcome.json"
+GROUP_LOCKED_ENV = "TRAINERD_GROUP_LOCKED"  # set by the launcher, which holds WORKER_LOCK
+PARENT_ENV = "TRAINERD_PARENT_PID"  # a child's expected parent (the daemon, or torchrun's agent)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a process the daemon starts (worker, torchrun group, lifecycle
+    task): offline hub, unbuffered logs, and who its parent is (see worker.main)."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+                **{PARENT_ENV: str(os.getpid())})
 METRICS = "metrics.jsonl"
 EVALS = "evals.jsonl"  # probe evals, one row per eval (trainerd.worker.evals)
 TENSORBOARD = "tensorboard"  # event files of the job's attempts

@@ -38,6 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainerd import atomic
+from trainerd.jobs import child_env
 from trainerd.paths import Layout
 
 log = logging.getLogger("trainerd.schedule")
@@ -357,7 +358,7 @@ class Housekeeping:
 
     def _spawn(self, task: str, cmd: list[str], key: str, started: Stamp | None = None) -> None:
         self.layout.logs.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        env = child_env()
         with open(self.layout.logs / f"{task}.log", "ab") as f:
             f.write(f"\n=== {task} {key} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             f.flush()

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from trainerd import atomic, control, guards
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
@@ -32,9 +34,11 @@ from trainerd.jobs import (
     PROGRESS_JSON,
     WORKER_ERROR,
     WORKER_LOG,
+    WORKER_OUTCOME,
     JobMeta,
     Outcome,
     Priority,
+    child_env,
     describe_exit,
     fallback_micro_batch,
 )
@@ -85,6 +89,29 @@ class Running:
     stop_sent_at: float | None = None
     stop_reason: str | None = None
     skip: control.Skip | None = None
+    group: bool = False  # a torchrun group (worker/launch.py): proc is the agent
+
+    def signal(self, sig: int) -> None:
+        """A warm stop goes to the ranks themselves: torchrun would give them only 30 s
+        to finish after being signalled, less than a big checkpoint may need. While the
+        group is still starting (no ranks yet), the agent itself gets it."""
+        ranks = []
+        if self.group:
+            with contextlib.suppress(psutil.Error):
+                ranks = psutil.Process(self.proc.pid).children()
+        for p in ranks:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+        if not ranks:
+            self.proc.send_signal(sig)
+
+    def exit_code(self, rc: int, job_dir: Path) -> int:
+        """A group's outcome is what rank 0 wrote; without it (the group died before rank 0
+        could say), torchrun's own status stands."""
+        if self.group:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                return int(json.loads((job_dir / WORKER_OUTCOME).read_text())["exit"])
+        return rc
 
 
 class Supervisor:
@@ -314,25 +341,29 @@ class Supervisor:
     # ------------------------------------------------------------ workers
     def _spawn(self, ref: JobRef) -> None:
         prio = self._claimed_priority(ref)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(ref.path / WORKER_ERROR)
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        for stale in (WORKER_ERROR, WORKER_OUTCOME):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ref.path / stale)
+        group = self.cfg.train.nproc > 1 or bool(self.cfg.train.torchrun_args)
+        cmd = [sys.executable, "-m", "trainerd.worker.launch"] if group else self.worker_cmd
+        env = child_env()
         meta = self.queue.record_attempt_start(ref, None, prio)
         attempt = meta.attempts[-1].number
         with open(ref.path / WORKER_LOG, "ab") as log_f:
             log_f.write(f"\n=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             log_f.flush()
             proc = subprocess.Popen(
-                [*self.worker_cmd, str(ref.path), "--base-dir", str(self.layout.base)],
+                [*cmd, str(ref.path), "--base-dir", str(self.layout.base)],
                 stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, env=env,
                 # Own session: a terminal's Ctrl+C reaches only the daemon, which decides.
                 start_new_session=True,
             )
         meta.attempts[-1].pid = proc.pid
         meta.save(ref.path)
-        self.running = Running(ref, proc, attempt)
+        self.running = Running(ref, proc, attempt, group=group)
         self.state = "training"
-        log.info("%s: attempt %d started (worker pid %d)", ref.id, attempt, proc.pid)
+        log.info("%s: attempt %d started (%s pid %d)", ref.id, attempt,
+                 f"torchrun group of {self.cfg.train.nproc}" if group else "worker", proc.pid)
 
     def _claimed_priority(self, ref: JobRef) -> Priority:
         meta = ref.meta()
@@ -358,7 +389,7 @@ class Supervisor:
                 r.stop_reason = "cold stop"
             elif why and r.stop_sent_at is None:
                 log.info("%s: asking the worker to checkpoint and stop (%s)", r.ref.id, why)
-                r.proc.send_signal(signal.SIGTERM)
+                r.signal(signal.SIGTERM)
                 r.stop_sent_at, r.stop_reason = time.monotonic(), why
             elif r.stop_sent_at and time.monotonic() - r.stop_sent_at > self.cfg.daemon.stop_grace_seconds:
                 log.error("%s: worker did not stop within %.0fs; killing it", r.ref.id,
@@ -369,19 +400,20 @@ class Supervisor:
 
     def _attempt_ended(self, r: Running, rc: int) -> None:
         self.running = None
-        outcome = Outcome.from_exit(rc)
+        said = r.exit_code(rc, r.ref.path)
+        outcome = Outcome.from_exit(said)
         error = None
         if r.stop_reason == "cold stop" and outcome != Outcome.FINISHED:
             outcome, error = Outcome.STOPPED, "cold stop: worker killed without a checkpoint"
-        elif r.stop_reason and rc == -signal.SIGTERM:
+        elif r.stop_reason and (rc == -signal.SIGTERM or (r.group and said == rc and rc != 0)):
             # Our stop request landed before the worker had installed its handler (it was
             # still starting): nothing was trained since the last checkpoint; not a crash.
             outcome, error = Outcome.STOPPED, "stopped while the worker was starting"
         elif outcome not in (Outcome.FINISHED, Outcome.STOPPED):
-            error = worker_failure_reason(r.ref.path, rc)
-        meta = self.queue.record_attempt_end(r.ref, outcome, rc, error)
+            error = worker_failure_reason(r.ref.path, said)
+        meta = self.queue.record_attempt_end(r.ref, outcome, said, error)
         self._absorb_progress(r, meta)
-        log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(rc))
+        log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said))
 
         if outcome == Outcome.FINISHED:
             if r.skip is not None:

@@ -214,11 +214,22 @@ class JobDataset(torch.utils.data.Dataset):
     def __init__(self, tok: Tokenized, order: np.ndarray):
         self.tok = tok
         self.order = order
+        self.examples = len(order)  # real examples; len(self) adds fillers
+        self.fillers = 0
+        self.filler_id = 0
+
+    def pad_to_multiple(self, multiple: int, token_id: int) -> None:
+        """Append one-token, label-free items up to a multiple of `multiple`: they add no
+        loss and no gradient (labels are -100), and keep every rank of a group in step."""
+        self.fillers = -self.examples % multiple
+        self.filler_id = token_id
 
     def __len__(self) -> int:
-        return len(self.order)
+        return self.examples + self.fillers
 
     def __getitem__(self, k: int) -> dict[str, list[int]]:
+        if k >= self.examples:
+            return {"input_ids": [self.filler_id], "labels": [IGNORE]}
         i = int(self.order[k])
         s, e = int(self.tok.offsets[i]), int(self.tok.offsets[i + 1])
         ids = self.tok.input_ids[s:e]

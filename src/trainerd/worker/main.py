@@ -21,7 +21,14 @@ import traceback
 from pathlib import Path
 
 from trainerd import atomic
-from trainerd.jobs import WORKER_ERROR, WORKER_LOCK, ExitCode
+from trainerd.jobs import (
+    GROUP_LOCKED_ENV,
+    PARENT_ENV,
+    WORKER_ERROR,
+    WORKER_LOCK,
+    WORKER_OUTCOME,
+    ExitCode,
+)
 from trainerd.lock import flock_within
 from trainerd.paths import Layout
 
@@ -31,11 +38,16 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
+    """SIGKILL us when our parent dies. If it died before this call (the window while this
+    process started), the kernel will never send it: then exit now, as it would have."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
-        pass  # not Linux: the supervisor's recovery still handles orphans by the job lock
+        return  # not Linux: the supervisor's recovery still handles orphans by the job lock
+    expected = os.environ.get(PARENT_ENV, "")
+    if expected.isdigit() and os.getppid() != int(expected):
+        os._exit(1)  # orphaned while starting: nobody waits for this process any more
 
 
 def _lock_job(job_dir: Path, timeout: float = 60.0) -> int:
@@ -104,8 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    code = _attempt(job_dir, layout, stop)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return code
+    # A rank of a torchrun group: torchrun's exit status cannot carry ours (any failing
+    # rank makes it 1), so rank 0 says it in a file. By the time a rank returns, the
+    # group's shared work is done (a checkpoint is committed behind a barrier), so
+    # torchrun may stop the other ranks as soon as one exits non-zero.
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic.write_json(job_dir / WORKER_OUTCOME, {"exit": code, "at": time.time()})
+    return code
+
+
+def _attempt(job_dir: Path, layout: Layout, stop: StopFlag) -> int:
     try:
-        _lock_job(job_dir)
+        if not os.environ.get(GROUP_LOCKED_ENV):  # a torchrun group's launcher holds it
+            _lock_job(job_dir)
         from trainerd.worker.data import DataError
         from trainerd.worker.train import DiskLow, NonFiniteLoss, run_job
 

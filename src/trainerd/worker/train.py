@@ -70,17 +70,21 @@ def _callbacks():
                     raise HostMemoryExceeded(
                         f"worker RSS {rss / 2**30:.2f} GB passed train.max_host_memory_gb = "
                         f"{self.cfg.train.max_host_memory_gb:g} at step {state.global_step}")
-            if self.stop:
+            # Every rank of a group must take the same decision at the same step, or one
+            # would wait forever in a collective the others never join: hence agree().
+            stop, due = agree(bool(self.stop), time.monotonic() - self.last_save >= self.every)
+            if stop:
                 control.should_save = True
                 control.should_training_stop = True
-            elif time.monotonic() - self.last_save >= self.every:
+            elif due:
                 control.should_save = True
             if control.should_save:
                 newest = checkpoints.committed(self.job_dir)
                 r = guards.reading(self.job_dir, self.cfg.disk,
                                    guards.dir_bytes(newest[0]) if newest else 0)
-                if r.low:
-                    self.disk_low = r.message()
+                (low,) = agree(r.low)
+                if low:
+                    self.disk_low = r.message() if r.low else "another rank found the disk too full"
                     control.should_save = False
                     control.should_training_stop = True
             return control
@@ -95,6 +99,9 @@ def _callbacks():
             self.job_dir, self.meta, self.progress, self.keep = job_dir, meta, progress, keep
 
         def on_save(self, args, state, control, **kw):
+            # Every rank writes its own RNG state into checkpoint-N: rank 0 may move the
+            # folder only once all of them are done.
+            barrier()
             if not state.is_world_process_zero:
                 return
             saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -113,7 +120,7 @@ def _callbacks():
         def __init__(self, job_dir: Path, attempt: int, ds: JobDataset, per_step: int):
             self.job_dir, self.attempt, self.per_step = job_dir, attempt, per_step
             self.ds = ds
-            self.n = len(ds)
+            self.n = ds.examples  # without the group's filler items
             self.tokens_before = ds.tokens_before()
             self.t0 = time.monotonic()
             self.start_tokens: int | None = None
@@ -186,6 +193,57 @@ def _callbacks():
             }, sync=False)
 
     return Control, Commit, Progress
+
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed() -> None:
+    """Join the torchrun group early (gloo on the CPU, NCCL on GPUs): the data preparation
+    below needs barriers before Trainer would set the group up itself."""
+    import torch
+    import torch.distributed as dist
+
+    if _world()[1] == 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on any rank becomes true on all ranks (identity in one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return tuple(flags)
+    import torch
+
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(x) for x in t.tolist())
+
+
+def rank0_first(fn):
+    """fn() on rank 0, then on the others (which then find its cache ready)."""
+    rank, world = _world()
+    if world > 1 and rank != 0:
+        barrier()
+    try:
+        return fn()
+    finally:
+        if world > 1 and rank == 0:
+            barrier()
 
 
 def _gpu_bytes() -> int | None:
@@ -309,11 +367,18 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
 
     parent = models.current(layout, cfg)
     tokenizer = models.load_tokenizer(parent)
-    # Replay against forgetting: a fixed sample of done jobs' examples joins this epoch.
-    _, replay = lifecycle.replay_for_job(layout, job_dir, cfg.replay.fraction, meta.examples,
-                                         cfg.replay.max_examples)
-    tok = prepare(job_dir, tokenizer, cfg.train, meta.sha256,
-                  job_dir / lifecycle.REPLAY_JSONL if replay else None, replay["sha256"] if replay else "")
+    init_distributed()
+    rank, world = _world()
+
+    def prepare_data():
+        # Replay against forgetting: a fixed sample of done jobs' examples joins this epoch.
+        _, replay = lifecycle.replay_for_job(layout, job_dir, cfg.replay.fraction, meta.examples,
+                                             cfg.replay.max_examples)
+        return replay, prepare(job_dir, tokenizer, cfg.train, meta.sha256,
+                               job_dir / lifecycle.REPLAY_JSONL if replay else None,
+                               replay["sha256"] if replay else "")
+
+    replay, tok = rank0_first(prepare_data)  # one writer of replay.jsonl and the token cache
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
     ds = JobDataset(tok, data_order(len(tok), seed))
     log.info("%s: %d examples (%d dropped, %d truncated), %d tokens; model %s (%s)", meta.id, len(ds),
@@ -335,8 +400,11 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         cfg.train.micro_batch_size, cfg.train.grad_accum = mb, effective // mb
         log.info("out-of-memory fallback: micro-batch %d x grad_accum %d (same effective batch %d)",
                  mb, effective // mb, effective)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world
+    # A group shards micro-batches round-robin and needs as many on every rank; filler
+    # items (one token, no label) complete the last round instead of accelerate's default
+    # of training the epoch's first examples a second time.
+    ds.pad_to_multiple(cfg.train.micro_batch_size * world, tokenizer.pad_token_id or 0)
     Control, Commit, Progress = _callbacks()
     progress = Progress(job_dir, attempt, ds, per_step)
     ctl = Control(stop, cfg, job_dir)
@@ -368,7 +436,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     if trainer.is_world_process_zero():
         models.for_saving(trainer.model)
         version = models.publish(layout, trainer.model, tokenizer, parent, meta,
-                                 {"examples_trained": len(ds), "steps": trainer.state.global_step,
+                                 {"examples_trained": ds.examples, "steps": trainer.state.global_step,
                                   "dropped": tok.dropped, "truncated": tok.truncated,
                                   "final_loss": progress.last.get("loss"), "replay": replay})
         log.info("%s: published %s", meta.id, version)
