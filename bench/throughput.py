@@ -12,6 +12,10 @@ threads, fp32 on the CPU):
                 apply_chat_template with the assistant-token mask, labels -100 elsewhere,
                 DataCollatorForSeq2Seq padding, get_peft_model + Trainer.
   c  padded     trainerd's worker again, with `packing = false` in [train].
+  d  2 procs    (only with --variants ...d) trainerd as a torchrun group of 2 processes
+                (DDP over gloo, started by worker/launch.py as the supervisor does), each
+                with half the threads and half the micro-batch: the same cores and the same
+                effective batch as a, so d/a is the scaling of the group path on a CPU.
 
 Columns: `real tok` non-pad tokens trained (must be equal for all), `computed` tokens the
 model actually ran (padding included), `steps` optimizer steps (must be equal), `tok/s`
@@ -139,20 +143,22 @@ def make_data(path: Path, model_dir: Path, n: int, lo: int, hi: int, seed: int) 
     return lengths
 
 
-def trainerd_toml(model_dir: Path, a: argparse.Namespace, packing: bool) -> str:
-    # Everything else keeps trainerd's defaults (checkpoints, precision, scheduler).
+def trainerd_toml(model_dir: Path, a: argparse.Namespace, packing: bool, nproc: int = 1) -> str:
+    # Everything else keeps trainerd's defaults (checkpoints, precision, scheduler). A group
+    # of nproc processes splits the same threads and keeps the same effective batch.
     return (
         f'base_model = "{model_dir}"\n\n[train]\n'
-        f"learning_rate = {a.lr}\nwarmup_steps = {a.warmup}\nmicro_batch_size = {a.micro_batch}\n"
-        f"max_seq_len = {max(1024, a.max_tokens + 64)}\nthreads = {a.threads}\n"
-        f"packing = {'true' if packing else 'false'}\n\n"
+        f"learning_rate = {a.lr}\nwarmup_steps = {a.warmup}\nmicro_batch_size = {a.micro_batch // nproc}\n"
+        f"max_seq_len = {max(1024, a.max_tokens + 64)}\nthreads = {max(1, a.threads // nproc)}\n"
+        f"nproc = {nproc}\npacking = {'true' if packing else 'false'}\n\n"
         f"[train.lora]\nr = {a.lora_r}\nalpha = {a.lora_alpha}\ndropout = 0.0\n"
         f'target_modules = "all-linear"\n'
     )
 
 
 # --------------------------------------------------------------------------- a / c
-def run_trainerd(base: Path, model_dir: Path, data: Path, a: argparse.Namespace, packing: bool) -> dict:
+def run_trainerd(base: Path, model_dir: Path, data: Path, a: argparse.Namespace, packing: bool,
+                 nproc: int = 1) -> dict:
     """A base dir like tests/conftest.py make_base, a job claimed by the real queue, and the
     worker started the way the supervisor starts it."""
     from trainerd.config import load_config
@@ -163,7 +169,7 @@ def run_trainerd(base: Path, model_dir: Path, data: Path, a: argparse.Namespace,
 
     layout = Layout.at(base)
     layout.ensure()
-    layout.config.write_text(trainerd_toml(model_dir, a, packing))
+    layout.config.write_text(trainerd_toml(model_dir, a, packing, nproc))
     queue = Queue(layout, load_config(layout.config).queue)
     queue.submit(data)
     ref = queue.claim()
@@ -173,7 +179,8 @@ def run_trainerd(base: Path, model_dir: Path, data: Path, a: argparse.Namespace,
     log = ref.path / "worker.log"
     t0 = time.monotonic()
     with open(log, "wb") as f:  # started the way the supervisor starts it
-        proc = subprocess.run([sys.executable, "-m", "trainerd.worker", str(ref.path),
+        module = "trainerd.worker.launch" if nproc > 1 else "trainerd.worker"  # as the supervisor picks
+        proc = subprocess.run([sys.executable, "-m", module, str(ref.path),
                                "--base-dir", str(layout.base)], stdin=subprocess.DEVNULL,
                               stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
     wall = time.monotonic() - t0
@@ -189,7 +196,7 @@ def run_trainerd(base: Path, model_dir: Path, data: Path, a: argparse.Namespace,
     targets = int(np.load(ref.path / CACHE / "trainable.npy").sum())
     seed = (load_config(layout.config).train.seed ^ meta.seed) & 0x7FFFFFFF
     ordered = lengths[data_order(len(lengths), seed)]
-    mb = a.micro_batch
+    mb = a.micro_batch // nproc  # a group's rows are per rank; the sum is the same
     computed = int(ordered.sum()) if packing else \
         sum(len(ordered[i:i + mb]) * int(ordered[i:i + mb].max()) for i in range(0, len(ordered), mb))
 
@@ -334,7 +341,8 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-NAMES = {"a": "trainerd (packed)", "b": "plain HF + PEFT", "c": "trainerd (padded)"}
+NAMES = {"a": "trainerd (packed)", "b": "plain HF + PEFT", "c": "trainerd (padded)",
+         "d": "trainerd 2 procs"}
 
 
 def main() -> None:
@@ -353,7 +361,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1, help="rounds of a, b, c (interleaved)")
-    ap.add_argument("--variants", default="abc", help="which of a, b, c to run, in this order")
+    ap.add_argument("--variants", default="abc",
+                    help="which of a, b, c, d to run, in this order (d: trainerd as a 2-process torchrun "
+                         "group, gloo, each with half the threads and half the micro-batch)")
     ap.add_argument("--plain-group-by-length", action="store_true",
                     help="b with train_sampling_strategy='group_by_length' (less padding)")
     ap.add_argument("--max-wait", type=float, default=120,
@@ -403,7 +413,7 @@ def main() -> None:
             if v == "b":
                 r = run_plain(where, model_dir, data, a)
             else:
-                r = run_trainerd(where, model_dir, data, a, packing=v == "a")
+                r = run_trainerd(where, model_dir, data, a, packing=v != "c", nproc=2 if v == "d" else 1)
             r["other_load"] = other_load(before, _cpu())
             results[v].append(r)
             print(f"{r['tokens_per_s']:,.0f} tok/s, {r['process_s']:.1f} s"
@@ -443,7 +453,8 @@ def main() -> None:
     tps, p50, wall = median("tokens_per_s"), median("step_p50_tokens_per_s"), median("process_s")
     print(f"ratios of medians over {a.repeat} run(s) each:")
     for num, den, label, target in (("a", "b", "trainerd vs plain HF", 1.0),
-                                     ("a", "c", "packed vs padded", 1.6)):
+                                     ("a", "c", "packed vs padded", 1.6),
+                                     ("d", "a", "2 procs vs 1 (same cores)", 1.0)):
         if num in tps and den in tps:
             r = ratio(tps, num, den)
             print(f"  {num}/{den} {label:<21} tokens/s x{r:.2f} (target >= {target}: "
