@@ -141,3 +141,21 @@ def test_a_merge_that_fails_verification_is_set_aside(tmp_path, tiny_model):
     with pytest.raises(lifecycle.LifecycleError):
         lifecycle.rollback(layout, aside.name)
     assert not [p for p in layout.models.iterdir() if p.name.startswith(".")]
+
+
+def test_probe_rows_follow_the_configured_probe_file(tmp_path):
+    """Consolidation verifies on the same probe set as the evals: `[eval] probe_file`."""
+    import json
+
+    from trainerd.worker.consolidate import probe_rows
+
+    layout = Layout.at(tmp_path / "b")
+    layout.ensure()
+    (layout.base / "held").mkdir()
+    rows = chat_rows(3, "phi")
+    (layout.base / "held" / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    got, source = probe_rows(layout, 10, "held/set.jsonl")
+    assert got == rows and source == str(layout.base / "held" / "set.jsonl")
+    absolute = tmp_path / "elsewhere.jsonl"
+    absolute.write_text(json.dumps(rows[0]) + "\n")
+    assert probe_rows(layout, 10, str(absolute)) == ([rows[0]], str(absolute))

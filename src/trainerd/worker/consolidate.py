@@ -10,7 +10,7 @@ NaN/Inf), RESOURCE_ERROR (out of memory); anything else is a crash. run/consolid
 says what happened, for people and for `trainerd status`.
 
 Verification, before `current` moves: the merged model loads from disk on its own, no
-weight is NaN/Inf, its loss on a probe set (BASE/probe.jsonl, else a fixed sample of done
+weight is NaN/Inf, its loss on a probe set (`[eval] probe_file`, else a fixed sample of done
 jobs' examples) matches the adapter model's within loss_rtol, and its logits for a fixed
 input are allclose to the adapter model's. A merge that fails stays in
 models/rejected-vNNNN-of-vMMMM-<time>/ with the reason in its manifest.
@@ -66,14 +66,15 @@ class Checks:
 
 
 # ------------------------------------------------------------------ measuring a model
-def probe_rows(layout: Layout, n: int) -> tuple[list[dict[str, Any]], str]:
-    """Up to n held examples: BASE/probe.jsonl if present, else a seeded sample of the
-    done jobs' data (the same sample every time while done/ is unchanged)."""
+def probe_rows(layout: Layout, n: int, probe_file: str = PROBE_JSONL) -> tuple[list[dict[str, Any]], str]:
+    """Up to n held examples: the probe set (`[eval] probe_file`, relative to the base dir)
+    if present, else a seeded sample of the done jobs' data (the same sample every time
+    while done/ is unchanged)."""
     import json
 
     from trainerd.validate import example_format
 
-    path = layout.base / PROBE_JSONL
+    path = layout.base / probe_file  # an absolute probe_file stays as it is
     if path.is_file():
         rows = []
         for _n, raw in lifecycle._nonblank_lines(path):
@@ -232,7 +233,7 @@ def consolidate(layout: Layout, stop: StopFlag | None = None) -> ExitCode:
         name = _next_name(layout)
         tmp = layout.models / f"{atomic.TMP_PREFIX}consolidate-{name}"
         base = lifecycle.resolve_base(layout, ref.manifest) or ref.base
-        probe, probe_from = probe_rows(layout, ccfg.probe_examples)
+        probe, probe_from = probe_rows(layout, ccfg.probe_examples, cfg.eval.probe_file)
         log.info("merging %s into %s (%d probe examples from %s)", ref.version, base, len(probe), probe_from)
         t0 = time.monotonic()
         try:
@@ -293,7 +294,7 @@ def export_merged(layout: Layout, name: str, dest: Path) -> dict[str, Any]:
     tmp = dest.parent / f"{atomic.TMP_PREFIX}export-{dest.name}-{os.getpid()}"
     try:
         checks = merge_and_verify(layout.models / name, str(base), tmp, cfg, ccfg,
-                                  probe_rows(layout, ccfg.probe_examples)[0])
+                                  probe_rows(layout, ccfg.probe_examples, cfg.eval.probe_file)[0])
         if not checks.ok:
             raise lifecycle.LifecycleError(f"merged export of {name} failed verification: "
                                            f"{'; '.join(checks.reasons)}")
