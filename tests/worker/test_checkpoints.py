@@ -51,3 +51,34 @@ def test_retention_keeps_the_last_k(tmp_path):
         atomic.verify_manifest(p)
     ck.clear(tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_kill_while_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path):
+    """Found by the random-kill campaign: rmtree deletes file by file, so a worker killed
+    while pruning left step-N with files missing under its real name. Deletion now renames
+    first; the leftover is swept on the next start."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    for s in (10, 20, 30):
+        make(tmp_path, s)
+    victim = textwrap.dedent(f"""
+        import os, signal, shutil
+        from pathlib import Path
+        from trainerd.worker import checkpoints as ck
+        def dying_rmtree(path, ignore_errors=False):  # removes one file, then the kill lands
+            os.unlink(sorted(Path(path).iterdir())[0])
+            os.kill(os.getpid(), signal.SIGKILL)
+        ck.shutil.rmtree = dying_rmtree
+        ck.prune(Path({str(tmp_path)!r}), keep=2)
+    """)
+    p = subprocess.run([sys.executable, "-c", victim])
+    assert p.returncode == -signal.SIGKILL
+    for c in ck.committed(tmp_path):  # every checkpoint visible under its name is whole
+        atomic.verify_manifest(c)
+    assert [c.name for c in ck.committed(tmp_path)] == ["step-000030", "step-000020"]
+    best, _ = ck.latest_valid(tmp_path)
+    assert best.name == "step-000030"
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-000020", "step-000030"]  # swept

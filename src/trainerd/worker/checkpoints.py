@@ -56,14 +56,36 @@ def commit(job_dir: Path, saved: Path, meta: dict[str, Any]) -> Path:
     return dest
 
 
+def _remove(path: Path) -> None:
+    """Delete a directory without ever showing it half-deleted under its own name: rename
+    it to a temp name first (rmtree is file by file; a kill midway would leave a step-N
+    with files missing, which a resume sets aside as corrupt and keeps forever)."""
+    doomed = path.with_name(f"{atomic.TMP_PREFIX}deleting-{path.name}-{time.time_ns()}")
+    try:
+        atomic.rename(path, doomed, sync=False)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def prune(job_dir: Path, keep: int) -> None:
     for old in committed(job_dir)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+    _sweep(job_dir)
+
+
+def _sweep(job_dir: Path) -> None:
+    """Finish deletions a killed worker left under temp names (of old checkpoints, or of
+    the whole checkpoints folder of a finished job)."""
+    for where in (root(job_dir), Path(job_dir)):
+        for p in where.glob(f"{atomic.TMP_PREFIX}deleting-*") if where.is_dir() else []:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def latest_valid(job_dir: Path, expect: dict[str, Any] | None = None) -> tuple[Path | None, dict]:
     """Newest checkpoint that verifies (and matches `expect`, e.g. the same parent model).
     Bad ones are renamed corrupt-… (kept for inspection) and the next older one is tried."""
+    _sweep(job_dir)
     leftover = staging(job_dir)
     if leftover.exists():
         log.warning("discarding half-written checkpoint(s) in %s: %s", leftover,
@@ -90,4 +112,6 @@ def latest_valid(job_dir: Path, expect: dict[str, Any] | None = None) -> tuple[P
 
 def clear(job_dir: Path) -> None:
     """A finished job keeps no checkpoints: its result is a published model version."""
-    shutil.rmtree(root(job_dir), ignore_errors=True)
+    if root(job_dir).exists():
+        _remove(root(job_dir))
+    _sweep(job_dir)
