@@ -153,3 +153,48 @@ def test_disk_guard_with_a_fake_reading(tmp_path, tiny_model):
     finally:
         if d.poll() is None:
             d.kill()
+
+
+def test_daemon_started_on_a_full_disk_waits_then_recovers_and_trains(small_fs, tiny_model):
+    """Found by the full-disk campaign (tests/chaos/disk.py): a daemon (re)started on a 100%
+    full disk died at once (ENOSPC writing the lock's pid, then recovery's job.json). Now it
+    stays up, says it is paused for disk as soon as it can write a word, finishes recovery
+    and trains when space returns."""
+    from trainerd.config import QueueConfig
+    from trainerd.jobs import Priority
+    from trainerd.queue import Queue
+
+    base = make_base(small_fs / "b", tiny_model, "[disk]\nmin_free_mb = 8\n")
+    layout = Layout.at(base)
+    q = Queue(layout, QueueConfig())
+    q.submit(write_jsonl(small_fs / "src.jsonl", chat_rows(8)))
+    ref = q.claim()
+    q.record_attempt_start(ref, 12345, Priority.NORMAL)  # as a kill -9 mid-attempt leaves it
+    filler = small_fs / "filler"
+    with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+    d = start_daemon(base)
+    try:
+        import time
+
+        time.sleep(3)
+        assert d.poll() is None, (base / "daemon.out").read_text()[-2000:]
+        with open(filler, "r+b") as f:  # someone frees 2 MB: still under the 8 MB floor
+            f.truncate(os.path.getsize(filler) - 2 * 2**20)
+        def reason():
+            try:
+                return json.loads((base / "run" / "status.json").read_text()).get("paused_reason") or ""
+            except (OSError, ValueError):
+                return ""
+
+        wait_for(lambda: "MB free" in reason(), what="paused for disk, with the reason")
+        filler.unlink()
+        wait_for(lambda: os.listdir(layout.done), what="recovered and trained", timeout=180)
+        cli("stop", "--base-dir", base)
+        assert d.wait(60) == 0
+    finally:
+        if d.poll() is None:
+            d.kill()
+    meta = json.loads((layout.done / ref.id / "job.json").read_text())
+    assert [a["outcome"] for a in meta["attempts"]] == ["interrupted", "finished"]

@@ -77,3 +77,32 @@ def test_twenty_trainerd_runs_at_once_exactly_one_daemon(base):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+def test_a_full_disk_does_not_stop_the_lock_from_being_taken(tmp_path):
+    """Found by the full-disk campaign (tests/chaos/disk.py): writing the pid into the lock
+    file raised ENOSPC and a daemon started on a full disk died with a traceback. The flock
+    is the truth; the pid is for people."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()})")
+    try:
+        path = mnt / "trainerd.lock"
+        path.touch()
+        with open(mnt / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        lk = DaemonLock(path)
+        lk.acquire()
+        try:
+            h = holder(path)
+            assert h is not None  # held, even though the pid could not be written
+            with pytest.raises(AlreadyRunning, match="pid"):
+                DaemonLock(path).acquire(retry_seconds=0.1)
+        finally:
+            lk.release()
+        assert holder(path) is None
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -319,3 +319,69 @@ def test_submit_copies_and_never_touches_the_users_file(q, tmp_path):
     ref = q.submit(src, Priority.LOW)
     assert (src.read_bytes(), src.stat().st_mtime_ns) == before
     assert ref.priority == Priority.LOW and ref.meta().examples == 4
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    """A real 4 MB tmpfs (skipped where mounting is not allowed)."""
+    import subprocess
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path):
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_intake_cut_short_by_a_full_disk_finishes_when_space_returns_without_a_restart(full_fs):
+    """Found by the full-disk campaign (tests/chaos/disk.py): job.json could not be written,
+    the file sat in jobs/.incoming/ until the next daemon start. Now the next ingest after
+    space returns finishes it, and a bad file still gets its reason."""
+    layout = Layout.at(full_fs / "base")
+    layout.ensure()
+    q = Queue(layout, QueueConfig(settle_seconds=0))
+    good = write_jsonl(layout.inbox / ".good.jsonl.tmp", chat_rows(3))
+    bad = layout.inbox / ".bad.jsonl.tmp"
+    bad.write_bytes(b'{"text": "ok"}\n{broken\n')
+    _fill(full_fs / "filler")
+    good.rename(layout.inbox / "good.jsonl")  # delivered by rename: needs no space
+    bad.rename(layout.inbox / "bad.jsonl")
+    assert q.ingest() == []  # nothing could be recorded
+    (full_fs / "filler").unlink()
+    q._retry_at = 0  # no need to wait for the retry interval in a test
+    q.ingest()
+    by_name = {r.meta().original_name: r for r in q.list()}
+    assert by_name["good.jsonl"].state == JobState.QUEUED and by_name["good.jsonl"].meta().examples == 3
+    assert by_name["bad.jsonl"].state == JobState.FAILED and "line 2" in reason(by_name["bad.jsonl"])
+    assert os.listdir(layout.incoming) == [] and os.listdir(layout.inbox) == []
+
+
+def test_a_rejection_cut_short_by_a_full_disk_still_lands_in_failed_with_a_reason(full_fs):
+    """A symlink taken aside on a full disk: no room for job.json or error.json. Once space
+    returns it is in failed/ with both, never a reasonless entry."""
+    layout = Layout.at(full_fs / "base")
+    layout.ensure()
+    q = Queue(layout, QueueConfig(settle_seconds=0))
+    _fill(full_fs / "filler")
+    os.symlink("/etc/passwd", layout.inbox / "link.jsonl")
+    q.ingest()
+    assert os.path.exists("/etc/passwd")
+    (full_fs / "filler").unlink()
+    q._retry_at = 0
+    q.ingest()
+    [ref] = q.list()
+    assert ref.state == JobState.FAILED and ref.meta().original_name.startswith("link")  # from the id
+    assert "symlink" in reason(ref)
+    assert os.path.islink(ref.path / ORIGINAL)
+    assert os.listdir(layout.incoming) == []

@@ -8,6 +8,7 @@ data order, so any lost or repeated step would show up as a weight difference.
 import json
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -226,3 +227,104 @@ def test_skip_hits_only_the_job_that_was_active(tmp_path, tiny_model):
     cli("queue", "requeue", failed, "--base-dir", base)
     cli("run", "--base-dir", base, "--once")
     assert len(os.listdir(layout.done)) == 2
+
+
+def _supervisor_with_worker(tmp_path, exit_code: int):
+    """A real Supervisor (no lock, no loop) whose worker is a process that exits at once."""
+    from trainerd.config import load_config
+    from trainerd.supervisor import Supervisor
+
+    base = make_base(tmp_path / "b", "unused-model")
+    layout = Layout.at(base)
+    sup = Supervisor(layout, load_config(layout.config),
+                     worker_cmd=[sys.executable, "-c", f"import sys; sys.exit({exit_code})"])
+    sup.queue.submit(write_jsonl(tmp_path / "d.jsonl", chat_rows(2)))
+    return sup
+
+
+def _enospc():
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_an_attempt_end_the_disk_could_not_record_is_recorded_at_the_next_tick(tmp_path, monkeypatch):
+    """Found by the full-disk campaign (tests/chaos/disk.py): job.json could not be written
+    when a worker exited, the daemon forgot the attempt anyway, and the job kept an attempt
+    with no outcome forever (7 of 17 attempts in one run)."""
+    from trainerd import control
+    from trainerd.jobs import JobState, Outcome
+
+    sup = _supervisor_with_worker(tmp_path, 4)  # a data error: the job must end in failed/
+    sup._spawn(sup.queue.claim())
+    sup.running.proc.wait()
+    real, calls = sup.queue.record_attempt_end, []
+
+    def full_once(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise _enospc()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sup.queue, "record_attempt_end", full_once)
+    wish = control.read_wish(sup.layout)
+    with pytest.raises(OSError):
+        sup._watch_worker(wish, False, False)  # the loop logs it and backs off
+    assert sup.running is not None  # still watched: nothing forgotten
+    sup._watch_worker(wish, False, False)
+    assert sup.running is None
+    [ref] = sup.queue.list()
+    assert ref.state == JobState.FAILED
+    assert [a.outcome for a in ref.meta().attempts] == [Outcome.DATA_ERROR]
+
+
+def test_a_spawned_worker_is_watched_even_if_its_pid_cannot_be_written(tmp_path, monkeypatch):
+    """Same campaign: had the second job.json write of a spawn failed, the worker ran on
+    unwatched while the next tick started another attempt of the same job."""
+    from trainerd.jobs import JobMeta
+
+    sup = _supervisor_with_worker(tmp_path, 0)
+    ref = sup.queue.claim()
+    real, calls = JobMeta.save, []
+
+    def full_on_second(self, job_dir, sync=True):
+        calls.append(1)
+        if len(calls) == 2:  # the first save records the attempt; the second, its pid
+            raise _enospc()
+        return real(self, job_dir, sync)
+
+    monkeypatch.setattr(JobMeta, "save", full_on_second)
+    sup._spawn(ref)  # no exception
+    assert sup.running is not None and sup.running.ref.id == ref.id
+    assert sup.running.proc.wait(30) == 0
+
+
+def test_a_skip_that_lands_after_the_worker_published_does_not_fail_the_job(tmp_path):
+    """Found by the soak (tests/chaos/soak.py, seed 424242): a skip's SIGTERM reached a
+    worker that had just published v0042 and was exiting; it died by SIGTERM, the daemon
+    took that for "stopped while starting" and sent the job to failed/ as skipped, though
+    its examples were in the model line (a requeue would have trained them twice)."""
+    import time
+
+    from trainerd import atomic, control
+    from trainerd.jobs import JobState
+    from trainerd.worker import models
+
+    sup = _supervisor_with_worker(tmp_path, 0)
+    sup.worker_cmd = [sys.executable, "-c", "import time; time.sleep(60)"]  # no handler: dies by SIGTERM
+    ref = sup.queue.claim()
+    sup._spawn(ref)
+    v = sup.layout.models / "v0001"  # what the worker published just before the signal
+    v.mkdir()
+    (v / "adapter_model.safetensors").write_bytes(b"w")
+    atomic.write_manifest(v, {"version": "v0001", "parent": "base", "kind": "adapter", "base": "x",
+                              "jobs": [{"id": ref.id}], "created_at": time.time()})
+    models.set_current(sup.layout, "v0001")
+    control.request_skip(sup.layout, ref.id, None)
+    wish = control.read_wish(sup.layout)
+    sup._watch_worker(wish, False, False)  # sends the stop for the skip
+    assert sup.running.proc.wait(30) == -signal.SIGTERM
+    sup._watch_worker(wish, False, False)
+    [done] = sup.queue.list()
+    assert done.state == JobState.DONE, done
+    assert done.meta().attempts[-1].outcome.value == "finished"

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("trainerd.lock")
 
 
 class AlreadyRunning(Exception):
@@ -73,9 +76,14 @@ class DaemonLock:
             )
         self._fd = fd
         info = json.dumps({"pid": os.getpid(), "started_at": time.time()}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info, 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
+            os.fsync(fd)
+        except OSError as e:
+            # The flock is the truth; the pid inside is only for people. A full disk must
+            # not stop the daemon from starting: it then pauses itself until space returns.
+            log.warning("holding %s, but could not write the pid into it (%s)", self.path, e.strerror or e)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -29,6 +29,7 @@ from trainerd.config import QueueConfig
 from trainerd.jobs import (
     DATA,
     ERROR_JSON,
+    JOB_JSON,
     METRICS,
     PROGRESS_JSON,
     WORKER_ERROR,
@@ -45,6 +46,8 @@ log = logging.getLogger("trainerd.queue")
 
 NOT_DELIVERED_SUFFIXES = (".part", ".tmp")
 REJECTED_MARK = ".rejected.json"
+# How often ingest looks for intakes abandoned by an error (e.g. a full disk) to finish them.
+STAGING_RETRY_SECONDS = 5.0
 ORIGINAL = "original"  # a rejected non-file inbox entry (symlink, FIFO, folder) is kept under this name
 
 EventSink = Callable[..., None]
@@ -110,6 +113,8 @@ class Queue:
         # every intermediate state is recoverable (see recover), so a crash before the
         # sync loses nothing, and 10,000 files are taken in seconds, not a minute.
         self._sync = True
+        self._retry_at = 0.0  # monotonic time of the next look for abandoned intakes
+        self._retry_noted: set[str] = set()
 
     # ----------------------------------------------------------------- helpers
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
@@ -329,7 +334,9 @@ class Queue:
         deadline = time.monotonic() + budget_seconds if budget_seconds else None
         taken = Intake()
         self._sync = False
+        retried = False
         try:
+            retried = self._retry_abandoned()
             for i, (path, folder) in enumerate(self._inbox_entries()):
                 if i and deadline is not None and time.monotonic() > deadline:  # always progress
                     taken.more = True
@@ -345,9 +352,40 @@ class Queue:
                     taken.append(ref)
         finally:
             self._sync = True
-            if taken:
+            if taken or retried:
                 atomic.syncfs(self.layout.base)
         return taken
+
+    def _retry_abandoned(self) -> bool:
+        """Finish intakes an error cut short in this process's lifetime, e.g. a full disk
+        while job.json was written: the data is already in jobs/.incoming/<id> and the inbox
+        entry is gone, so without this it would wait there for the next daemon start.
+
+        Only non-empty, unlocked folders: a CLI edit or copy holds the folder's flock from
+        before anything is put in it until it is renamed out (see _staging, _restage)."""
+        if time.monotonic() < self._retry_at:
+            return False
+        self._retry_at = time.monotonic() + STAGING_RETRY_SECONDS
+        try:
+            dirs = sorted(d for d in self.layout.incoming.iterdir() if d.is_dir() and any(d.iterdir()))
+        except OSError:
+            return False
+        finished = False
+        for d in dirs:
+            try:
+                notes = self._recover_staging(d)
+            except OSError as e:  # still no room (or still broken): try again later
+                if d.name not in self._retry_noted:
+                    self._retry_noted.add(d.name)
+                    log.warning("%s: intake not finished yet (%s); retrying every %.0fs",
+                                d.name, e.strerror or e, STAGING_RETRY_SECONDS)
+                continue
+            finished = finished or bool(notes)
+            for note in notes:
+                if note not in self._retry_noted:
+                    self._retry_noted.add(note)
+                    log.warning("intake retry: %s", note)
+        return finished
 
     def _told_in_place(self, path: Path, st: os.stat_result) -> bool:
         """Rejected in place already: the user fixes it by replacing the file."""
@@ -533,6 +571,7 @@ class Queue:
                 self._finish_staged(d, job_id, name, prio, folder)
                 return [f"{job_id}: finished an interrupted intake"]
             if (d / ORIGINAL).exists() or os.path.lexists(d / ORIGINAL):
+                self._complete_rejection_record(d)
                 atomic.rename(d, self.layout.failed / job_id)
                 return [f"{job_id}: finished an interrupted rejection"]
             leftovers = [p.name for p in d.iterdir()]
@@ -544,6 +583,23 @@ class Queue:
             return [f"{job_id}: unexpected files {leftovers} in jobs/.incoming/; left for inspection"]
         finally:
             os.close(fd)
+
+    def _complete_rejection_record(self, d: Path) -> None:
+        """A rejection cut short (crash, full disk) before its job.json or error.json: a
+        failed/ entry must still say what it is and why it was refused."""
+        name = d.name.split("-", 2)[-1]
+        if not (d / JOB_JSON).is_file():
+            JobMeta(id=d.name, original_name=name, sha256="", size=0, examples=0,
+                    history=[{"at": time.time(), "event": "job.json rebuilt at recovery"}]).save(d)
+        if not (d / ERROR_JSON).is_file():
+            st = os.lstat(d / ORIGINAL)
+            kind = ("a symlink (not followed)" if stat.S_ISLNK(st.st_mode) else
+                    "a folder" if stat.S_ISDIR(st.st_mode) else
+                    "not a regular file" if not stat.S_ISREG(st.st_mode) else "a file that could not be taken in")
+            atomic.write_json(d / ERROR_JSON, {
+                "reason": f"{name}: {kind}; rejected at intake (the detailed reason was lost when the "
+                          "rejection was interrupted). Deliver a regular .jsonl file instead",
+                "stage": "intake", "at": time.time()})
 
     # ----------------------------------------------------------------- user operations
     @contextlib.contextmanager

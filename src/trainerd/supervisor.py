@@ -143,6 +143,7 @@ class Supervisor:
         self.house = Housekeeping.from_config(layout, cfg)  # snapshots, retention, consolidation
         self._server: Any = None  # trainerd.server.ServerHandle while HTTP is up
         self.heartbeat_at = time.time()  # start of the loop's last pass (/healthz, trainerd_up)
+        self._started = False  # start-up writes done (see _startup)
 
     # ------------------------------------------------------------ plumbing
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
@@ -210,15 +211,7 @@ class Supervisor:
                 self.ledger = Ledger(self.layout.state_db)
             except Exception as e:
                 log.warning("state.db unavailable (%s); history will not be recorded", e)
-            wish = control.read_wish(self.layout)
-            if wish.state == Desired.STOPPED:
-                # Starting the daemon is itself the wish to run; a pause is kept (and said).
-                control.set_wish(self.layout, Desired.RUNNING, "trainerd run")
-                control.consume_stop_file(self.layout)
-            elif wish.state == Desired.PAUSED:
-                log.warning("starting paused (%s); `trainerd resume` to train", wish.reason or "paused by user")
-            for note in self.queue.recover():
-                log.warning("recovery: %s", note)
+            self._started = self._startup()
             self._event("daemon_start", pid=os.getpid())
             self._watch_inbox()
             self._start_server()
@@ -242,6 +235,34 @@ class Supervisor:
             if self.ledger is not None:
                 self.ledger.close()
             self.lock.release()
+
+    def _startup(self) -> bool:
+        """The start-up writes: a stop wish becomes "running", and recovery of what the last
+        run left half-done. False when they cannot be written yet (a full disk): the loop
+        retries them, and claims and takes in nothing until they are done."""
+        try:
+            wish = control.read_wish(self.layout)
+            if wish.state == Desired.STOPPED:
+                # Starting the daemon is itself the wish to run; a pause is kept (and said).
+                control.set_wish(self.layout, Desired.RUNNING, "trainerd run")
+                control.consume_stop_file(self.layout)
+            elif wish.state == Desired.PAUSED:
+                log.warning("starting paused (%s); `trainerd resume` to train", wish.reason or "paused by user")
+            for note in self.queue.recover():
+                log.warning("recovery: %s", note)
+            return True
+        except OSError as e:
+            log.error("start-up not finished (%s); retrying, nothing is claimed until it is", e.strerror or e)
+            return False
+
+    def _finish_startup(self) -> None:
+        """A tick while start-up is unfinished: say why (a low disk pauses), try again."""
+        self._check_disk()
+        self._started = self._startup()
+        if not self._started:
+            self.state = "paused_disk" if self.disk_pause else "starting"
+            with contextlib.suppress(OSError):  # the same full disk may refuse this too
+                self._write_status()
 
     def _loop(self) -> int:
         while True:
@@ -281,6 +302,10 @@ class Supervisor:
         """One pass. Returns True when the daemon should exit."""
         if self.reload_requested:
             self._reload()
+        if not self._started:
+            self._finish_startup()
+            if not self._started:
+                return bool(self.signals)  # a stop signal still stops a daemon stuck here
         wish = control.read_wish(self.layout)
         warm, cold = self.signals >= 1, self.signals >= 2
 
@@ -350,20 +375,36 @@ class Supervisor:
         meta = self.queue.record_attempt_start(ref, None, prio)
         attempt = meta.attempts[-1].number
         with open(ref.path / WORKER_LOG, "ab") as log_f:
-            log_f.write(f"\n=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
-            log_f.flush()
+            with contextlib.suppress(OSError):  # a header for people; a full disk must not stop the spawn
+                log_f.write(f"\n=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+                log_f.flush()
             proc = subprocess.Popen(
                 [*cmd, str(ref.path), "--base-dir", str(self.layout.base)],
                 stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, env=env,
                 # Own session: a terminal's Ctrl+C reaches only the daemon, which decides.
                 start_new_session=True,
             )
-        meta.attempts[-1].pid = proc.pid
-        meta.save(ref.path)
+        # Watched from here on, whatever happens next: a worker the daemon forgot would train
+        # on beside the next attempt of the same job.
         self.running = Running(ref, proc, attempt, group=group)
         self.state = "training"
+        meta.attempts[-1].pid = proc.pid
+        try:
+            meta.save(ref.path)
+        except OSError as e:  # the pid is for people; the attempt itself is already on disk
+            log.warning("%s: worker pid not written to job.json (%s)", ref.id, e.strerror or e)
         log.info("%s: attempt %d started (%s pid %d)", ref.id, attempt,
                  f"torchrun group of {self.cfg.train.nproc}" if group else "worker", proc.pid)
+
+    def _published(self, ref: JobRef) -> bool:
+        """Is this job already in the current model version (the worker's own retry check)?"""
+        from trainerd.worker.models import published_version  # torch-free at import
+
+        try:
+            return published_version(self.layout, self.cfg, ref.meta()) is not None
+        except Exception as e:  # a broken current version: the retry will say so
+            log.warning("%s: could not tell whether it was published (%s)", ref.id, e)
+            return False
 
     def _claimed_priority(self, ref: JobRef) -> Priority:
         meta = ref.meta()
@@ -399,7 +440,6 @@ class Supervisor:
         self._attempt_ended(r, rc)
 
     def _attempt_ended(self, r: Running, rc: int) -> None:
-        self.running = None
         said = r.exit_code(rc, r.ref.path)
         outcome = Outcome.from_exit(said)
         error = None
@@ -411,7 +451,16 @@ class Supervisor:
             outcome, error = Outcome.STOPPED, "stopped while the worker was starting"
         elif outcome not in (Outcome.FINISHED, Outcome.STOPPED):
             error = worker_failure_reason(r.ref.path, said)
+        if outcome != Outcome.FINISHED and self._published(r.ref):
+            # The worker published, then died on its way out (a stop or skip signal landing
+            # during its exit, a kill): the job is in the model line, so it is done. Failing
+            # it (a skip) would leave trained data in failed/, and a requeue would train it twice.
+            log.warning("%s: worker exit %s came after it published; the job is done", r.ref.id, said)
+            outcome, error = Outcome.FINISHED, f"published, then {describe_exit(said)}"
         meta = self.queue.record_attempt_end(r.ref, outcome, said, error)
+        # Only now is the end on disk. Had the write failed (a full disk), the next tick sees
+        # the same exit status and records it then: an attempt is never left open.
+        self.running = None
         self._absorb_progress(r, meta)
         log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said))
 
