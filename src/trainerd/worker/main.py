@@ -149,19 +149,31 @@ def _attempt(job_dir: Path, layout: Layout, stop: StopFlag) -> int:
             log.error("%s", e)
             _report(job_dir, "disk_low", str(e))
             return int(ExitCode.DISK_LOW)
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            return _crash(job_dir, e)
-        # Out of space mid-write: whatever was half-written stays under a temp name and is
-        # discarded on the next start; the daemon pauses itself until space returns.
-        log.error("disk full: %s", e)
-        _report(job_dir, "disk_low", f"the disk filled up while writing: {e}")
-        return int(ExitCode.DISK_LOW)
     except Exception as e:
+        # Out of space mid-write (any library's way of saying so) is DISK_LOW: whatever was
+        # half-written stays under a temp name and is discarded on the next start, and the
+        # daemon pauses itself until space returns.
         return _crash(job_dir, e)
 
 
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC anywhere in the chain, or in a library's own wording (safetensors raises
+    SafetensorError "... No space left on device (os error 28)", not an OSError)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen) or "os error 28" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _crash(job_dir: Path, e: BaseException) -> int:
+    if _disk_full(e):  # a full disk is a pause, not a failed attempt
+        log.error("disk full: %s", e)
+        _report(job_dir, "disk_low", f"the disk filled up while writing: {e}")
+        return int(ExitCode.DISK_LOW)
     tb = traceback.format_exc()
     log.error("worker failed:\n%s", tb)
     if _is_oom(e):

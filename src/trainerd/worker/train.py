@@ -348,6 +348,15 @@ def collator(cfg: Config, tokenizer: Any):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
 
+def _stop_before_training(stop: StopFlag, during: str) -> bool:
+    """A stop that arrives while the worker starts is honoured at the next of these points
+    (nothing is trained yet, so nothing is lost), on every rank of a group together."""
+    (stopping,) = agree(bool(stop))
+    if stopping:
+        log.info("stop requested while %s (%s); nothing trained yet", during, stop.reason or "another rank")
+    return stopping
+
+
 def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     import torch
 
@@ -379,6 +388,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                                replay["sha256"] if replay else "")
 
     replay, tok = rank0_first(prepare_data)  # one writer of replay.jsonl and the token cache
+    if _stop_before_training(stop, "tokenizing"):
+        return ExitCode.STOPPED
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
     ds = JobDataset(tok, data_order(len(tok), seed))
     log.info("%s: %d examples (%d dropped, %d truncated), %d tokens; model %s (%s)", meta.id, len(ds),
@@ -394,6 +405,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
 
     torch.manual_seed(seed)
     model = models.load_for_training(parent, cfg.train)
+    if _stop_before_training(stop, "loading the model"):
+        return ExitCode.STOPPED
     if meta.micro_batch_size and meta.micro_batch_size != cfg.train.micro_batch_size:
         effective = cfg.train.micro_batch_size * cfg.train.grad_accum
         mb = meta.micro_batch_size
@@ -417,8 +430,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         callbacks=[ctl, progress, Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep),
                    *([probe] if probe else [])],
     )
-    if stop:  # asked to stop while loading: nothing new to save
-        log.info("stop requested before training began (%s)", stop.reason)
+    if _stop_before_training(stop, "setting up the trainer"):
         return ExitCode.STOPPED
     tb = tensorboard_callback(job_dir) if trainer.is_world_process_zero() else None
     if tb is not None:
