@@ -156,3 +156,25 @@ def daemon(base: Path, *args: str):
         if d.poll() is None:
             d.kill()
             d.wait()
+
+
+class CannotMount(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size_mb: int, skip: bool = True):
+    """A real size-limited filesystem at `where` for the body of a with-block. Where
+    mounting is not allowed: the test is skipped (skip=True) or CannotMount is raised."""
+    where.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        why = p.stderr.strip() or f"mount exited {p.returncode}"
+        if skip:
+            pytest.skip(f"cannot mount a {size_mb} MB tmpfs here ({why})")
+        raise CannotMount(why)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from tests.conftest import tmpfs
 from trainerd.lock import AlreadyRunning, DaemonLock, holder
 
 
@@ -83,12 +84,7 @@ def test_a_full_disk_does_not_stop_the_lock_from_being_taken(tmp_path):
     """Found by the full-disk campaign (tests/chaos/disk.py): writing the pid into the lock
     file raised ENOSPC and a daemon started on a full disk died with a traceback. The flock
     is the truth; the pid is for people."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()})")
-    try:
+    with tmpfs(tmp_path / "fs", 1) as mnt:
         path = mnt / "trainerd.lock"
         path.touch()
         with open(mnt / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
@@ -104,5 +100,3 @@ def test_a_full_disk_does_not_stop_the_lock_from_being_taken(tmp_path):
         finally:
             lk.release()
         assert holder(path) is None
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)

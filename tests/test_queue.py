@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import chat_rows, write_jsonl
+from tests.conftest import chat_rows, tmpfs, write_jsonl
 from trainerd.config import QueueConfig
 from trainerd.jobs import ERROR_JSON, JobMeta, JobState, Outcome, Priority
 from trainerd.paths import Layout
@@ -324,15 +324,8 @@ def test_submit_copies_and_never_touches_the_users_file(q, tmp_path):
 @pytest.fixture
 def full_fs(tmp_path):
     """A real 4 MB tmpfs (skipped where mounting is not allowed)."""
-    import subprocess
-
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "fs", 4) as mnt:
+        yield mnt
 
 
 def _fill(path):

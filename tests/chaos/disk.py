@@ -13,9 +13,7 @@ import contextlib
 import errno
 import os
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from tests.chaos import invariants
@@ -35,28 +33,12 @@ from tests.chaos.harness import (
     stop_daemon,
     wait_for,
 )
+from tests.conftest import tmpfs
 from trainerd import atomic
 from trainerd.paths import Layout
 
 TARGETS = ("training", "checkpoint", "publish", "ingest")
 DISK_TOML = "[disk]\nmin_free_mb = 8\n"
-
-
-class CannotMount(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size_mb: int) -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise CannotMount(p.stderr.strip() or f"mount exited {p.returncode}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def fill(path: Path, leave: int = 0) -> int:
@@ -234,7 +216,7 @@ def campaign(model: Path, root: Path, ref: Reference, *, events: int, rounds: in
     tally = Tally()
     tally.counts["seed"] = seed
     for r in range(1, rounds + 1):
-        with tmpfs(root / f"fs{r}", size_mb) as fs:
+        with tmpfs(root / f"fs{r}", size_mb, skip=False) as fs:
             try:
                 DiskRound(sc, model, fs, rng, tally, log).run(events, ref, timeout)
             finally:  # the tmpfs goes with the round: keep what a post-mortem needs
