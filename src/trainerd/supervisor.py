@@ -105,12 +105,12 @@ class Running:
         if not ranks:
             self.proc.send_signal(sig)
 
-    def exit_code(self, rc: int, job_dir: Path) -> int:
+    def exit_code(self, rc: int) -> int:
         """A group's outcome is what rank 0 wrote; without it (the group died before rank 0
         could say), torchrun's own status stands."""
         if self.group:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                return int(json.loads((job_dir / WORKER_OUTCOME).read_text())["exit"])
+                return int(json.loads((self.ref.path / WORKER_OUTCOME).read_text())["exit"])
         return rc
 
 
@@ -440,7 +440,7 @@ class Supervisor:
         self._attempt_ended(r, rc)
 
     def _attempt_ended(self, r: Running, rc: int) -> None:
-        said = r.exit_code(rc, r.ref.path)
+        said = r.exit_code(rc)
         outcome = Outcome.from_exit(said)
         error = None
         if r.stop_reason == "cold stop" and outcome != Outcome.FINISHED:

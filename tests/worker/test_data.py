@@ -25,13 +25,6 @@ CONV = {"messages": [
 ]}
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
 def test_multi_turn_labels_are_exactly_the_assistant_turns(tok):
     ids, mask = tokenize_example(CONV, tok)
     assert len(ids) == len(mask)

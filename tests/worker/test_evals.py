@@ -28,13 +28,6 @@ CONV = {"messages": [
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
-@pytest.fixture(scope="module")
 def model(tiny_model):
     from transformers import AutoModelForCausalLM
 
