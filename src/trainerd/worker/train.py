@@ -377,7 +377,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     parent = models.current(layout, cfg)
     tokenizer = models.load_tokenizer(parent)
     init_distributed()
-    rank, world = _world()
+    world = _world()[1]
 
     def prepare_data():
         # Replay against forgetting: a fixed sample of done jobs' examples joins this epoch.
@@ -397,8 +397,10 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
 
     ckpt_meta = {"job_id": meta.id, "model_version": parent.version, "method": cfg.train.method,
                  "trainerd_version": __version__}
-    resume, man = checkpoints.latest_valid(job_dir, {"model_version": parent.version,
-                                                      "method": cfg.train.method})
+    # Rank 0 first: choosing also discards half-written saves and sets bad ones aside, and
+    # two ranks doing that at once raced (one's rmtree found the other had removed it).
+    resume, man = rank0_first(lambda: checkpoints.latest_valid(
+        job_dir, {"model_version": parent.version, "method": cfg.train.method}))
     if resume is not None:
         log.info("resuming from %s (step %s, %s examples done)", resume.name, man.get("step"),
                  man.get("examples_done"))
