@@ -4,11 +4,11 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainerd.validate import MAX_ERRORS, validate_file, validate_stream
+from trainerd.validate import MAX_ERRORS, check_file, check_stream
 
 
 def v(text: bytes):
-    return validate_stream(io.BytesIO(text))
+    return check_stream(io.BytesIO(text), name="t.jsonl")
 
 
 def line(obj) -> bytes:
@@ -53,25 +53,29 @@ def test_each_bad_line_reports_its_number_and_reason():
     assert "no assistant turn" in got[8]
     assert "'completion' is missing" in got[9]
     assert "must be a string" in got[10]
-    assert "line 2:" in r.reason() and "drop the file again" in r.reason()
+    assert "line 2:" in r.reason() and "deliver the file again" in r.reason()
 
 
 def test_empty_and_blank_only_files_have_no_examples(tmp_path):
     for content in (b"", b"\n\n   \n"):
         p = tmp_path / "e.jsonl"
         p.write_bytes(content)
-        r = validate_file(p)
+        r = check_file(p)
         assert not r.ok and "no examples" in r.reason()
 
 
-def test_error_list_is_capped_but_counted():
-    r = v(b"nope\n" * 100)
-    assert len(r.errors) == MAX_ERRORS and r.error_count == 100
-    assert "and 80 more" in r.reason()
+def test_identical_errors_are_grouped_and_the_list_is_capped_but_counted():
+    r = v(line({"text": "ok"}) + line({"text": 5}) * 18 + line({"text": "ok"}) + line({"text": 5}))
+    assert r.error_count == 19 and [str(e) for e in r.errors] == [
+        "lines 2–19: 'text' must be a string, found a number", "line 21: 'text' must be a string, found a number"]
+    assert "19 bad line(s): lines 2–19:" in r.reason()
+    # Different reasons are kept apart, the first MAX_ERRORS groups listed, every line counted.
+    r = v(b"".join(line({"text": i}) + b"nope\n" for i in range(50)))
+    assert len(r.errors) == MAX_ERRORS and r.error_count == 100 and "(and 80 more)" in r.reason()
 
 
 def test_unreadable_file_is_a_file_error(tmp_path):
-    r = validate_file(tmp_path / "missing.jsonl")
+    r = check_file(tmp_path / "missing.jsonl")
     assert not r.ok and "cannot read" in r.reason()
 
 
@@ -96,15 +100,18 @@ json_values = st.recursive(
 @given(st.lists(json_values, min_size=1, max_size=20))
 def test_random_json_lines_are_accepted_or_have_a_reason_with_a_line(values):
     r = v(b"".join(line(x) for x in values))
+    if isinstance(values[0], list):  # a .jsonl that starts like a JSON array is named as one
+        assert r.file_error and "JSON array" in r.file_error
+        return
     assert r.examples + r.error_count == len(values)
     for e in r.errors:
         assert 1 <= e.line <= len(values) and e.reason
 
 
 def test_a_giant_line_is_an_error_read_in_bounded_memory(monkeypatch):
-    import trainerd.validate as V
+    import trainerd.formats as F
 
-    monkeypatch.setattr(V, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(F, "MAX_RECORD_BYTES", 1000)
     r = v(line({"text": "a"}) + b'{"text": "' + b"x" * 5000 + b'"}\n' + line({"text": "b"}))
     assert r.examples == 2 and r.error_count == 1
     assert r.errors[0].line == 2 and "longer than" in r.errors[0].reason

@@ -6,6 +6,7 @@ once. Errors are printed as one sentence with what to do, and exit non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainerd import control
-from trainerd.config import ConfigError, QueueConfig, load_config
+from trainerd.config import ConfigError, DataMapConfig, QueueConfig, load_config
 from trainerd.jobs import JobState, Priority
 from trainerd.paths import Layout
 
@@ -187,53 +188,92 @@ def status(
 
 @app.command()
 def validate(
-    files: list[Path] = typer.Argument(..., help="JSONL files to check"),
+    files: list[Path] = typer.Argument(..., help=".jsonl / .json files to check"),
     base_dir: Path | None = typer.Option(
         None, "--base-dir", "-b",
-        help="also tokenize with this base dir's current model: token lengths, over-length share"),
+        help="check as this base dir's daemon would: its [data.map], and token lengths with its model "
+             "(default: $TRAINERD_BASE_DIR or the current directory, when it holds a trainerd.toml)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Check JSONL files as the daemon would at intake; exit 1 if any is bad."""
-    from trainerd.validate import validate_file
+    """Give a file the daemon's verdict before you drop it; exit 1 if the daemon would fail it."""
+    from trainerd.validate import check_file
 
-    reports = [validate_file(f) for f in files]
-    results = [r.to_dict() for r in reports]
-    if base_dir is not None and any(r.ok for r in reports):
-        tokens = _token_reports(_layout(base_dir), [r for r in reports if r.ok])
-        for d in results:
-            d["tokens"] = tokens.get(d["path"])
+    layout = _validate_base(base_dir)
+    data_map = DataMapConfig()
+    if layout is not None:
+        try:
+            data_map = load_config(layout.config).data.map
+        except ConfigError as e:
+            _fail(str(e), 2)
+    reports = [check_file(f, data_map) for f in files]
+    if layout is None:
+        for r in reports:
+            r.not_checked = ["token lengths and train.overlength (they need the model's tokenizer)",
+                             "[data.map] (your own key names)"]
+    elif any(r.ok for r in reports):
+        _token_verdicts(layout, [r for r in reports if r.ok])
     if as_json:
-        out.print_json(json.dumps(results))
+        out.print_json(json.dumps([r.to_dict() for r in reports]))
     else:
-        for r, d in zip(reports, results, strict=True):
-            if r.ok:
-                fmts = ", ".join(f"{k} {v}" for k, v in r.formats.items())
-                out.print(f"[green]ok[/]   {escape(r.path)}: {r.examples} examples ({fmts})", highlight=False)
-                if d.get("tokens"):
-                    t = d["tokens"]
-                    for k in ("prompt_tokens", "trained_tokens"):
-                        s = t[k]
-                        out.print(f"       {k.replace('_', ' ')}: min {s['min']}, mean {s['mean']}, "
-                                  f"p95 {s['p95']}, max {s['max']}")
-                    out.print(f"       over max_seq_len {t['max_seq_len']}: {t['over_max_seq_len']} "
-                              f"({100 * t['over_share']:.1f}%), policy '{t['overlength_policy']}'")
-            else:
-                out.print(f"[red]bad[/]  {escape(r.path)}: {escape(r.reason())}", highlight=False)
+        for r in reports:
+            _print_report(r)
+        if layout is None:
+            err.print("note: no trainerd.toml here, so token lengths, train.overlength and [data.map] were not "
+                      "checked; pass -b BASE (or set TRAINERD_BASE_DIR) for the daemon's full verdict")
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 
-def _token_reports(layout: Layout, reports: list) -> dict[str, dict]:
-    """Token statistics with the current model's tokenizer and chat template (imports the
-    training stack: a few seconds, only when asked for)."""
-    from trainerd.worker.data import token_report
-    from trainerd.worker.models import current, load_tokenizer
+def _validate_base(base_dir: Path | None) -> Layout | None:
+    """-b, else $TRAINERD_BASE_DIR or the current directory when it holds a trainerd.toml."""
+    if base_dir is not None:
+        return _layout(base_dir)
+    layout = Layout.at(Path(os.environ.get("TRAINERD_BASE_DIR", ".")))
+    return layout if layout.config.exists() else None
 
-    try:
-        cfg = load_config(layout.config)
-    except ConfigError as e:
-        _fail(str(e), 2)
-    tok = load_tokenizer(current(layout, cfg))
-    return {r.path: token_report(Path(r.path), tok, cfg.train) for r in reports}
+
+def _print_report(r: Any) -> None:
+    if not r.ok:
+        out.print(f"[red]bad[/]  {escape(r.path)}: {escape(r.reason())}", highlight=False)
+        return
+    fmts = ", ".join(f"{k} {v}" for k, v in r.formats.items())
+    out.print(f"[green]ok[/]   {escape(r.path)}: {r.examples} examples ({fmts})", highlight=False)
+    t = r.tokens
+    if not t:
+        return
+    out.print(f"       trains {t['sequences']} sequences, {t['tokens']} tokens; "
+              f"{t['dropped']} dropped, {t['truncated']} truncated (train.overlength = '{t['overlength_policy']}', "
+              f"max_seq_len {t['max_seq_len']})")
+    for k in ("prompt_tokens", "trained_tokens"):
+        s = t[k]
+        out.print(f"       {k.replace('_', ' ')}: min {s['min']}, mean {s['mean']}, p95 {s['p95']}, max {s['max']}")
+
+
+def _token_verdicts(layout: Layout, reports: list) -> None:
+    """The tokenizing stage's verdict on each file, from the stage's own code in a child
+    process (this process never imports the training stack)."""
+    import subprocess
+    import sys
+
+    from trainerd.jobs import child_env
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainerd.worker.tokenize", "--check", "--base-dir", str(layout.base),
+         *(r.path for r in reports)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env())
+    verdicts = {}
+    for line in proc.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            v = json.loads(line)
+            verdicts[v["path"]] = v
+    for r in reports:
+        v = verdicts.get(r.path)
+        if v is None:
+            tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+            r.file_error = f"the model could not be loaded to check token lengths: {tail[0]}"
+        elif v["ok"]:
+            r.tokens = v["tokens"]
+        else:
+            r.file_error = v["reason"]
 
 
 @app.command("systemd-unit")
@@ -302,10 +342,11 @@ def _queue(base_dir: Path):
     except Exception:
         sink = None
     try:
-        cfg = load_config(layout.config).queue
+        full = load_config(layout.config)
+        cfg, data_map = full.queue, full.data.map
     except ConfigError:
-        cfg = QueueConfig()
-    return Queue(layout, cfg, on_event=sink)
+        cfg, data_map = QueueConfig(), DataMapConfig()
+    return Queue(layout, cfg, on_event=sink, data_map=data_map)
 
 
 def _queue_call(fn, *args: Any, **kw: Any) -> Any:

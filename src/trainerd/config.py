@@ -116,6 +116,26 @@ class EvalConfig(_Section):
     max_seconds: float = Field(60.0, gt=0, description="time bound per eval; stops early and records how far it got")
 
 
+class DataMapConfig(_Section):
+    """Your own key names for trainerd's fields (docs/FORMATS.md): a file whose objects have
+    none of the standard keys is read through this map. Unset keys keep their usual name."""
+
+    messages: str | None = Field(None, description="key holding the list of turns")
+    role: str | None = Field(None, description="key of a turn's role (values: system/user/assistant/tool)")
+    content: str | None = Field(None, description="key of a turn's text")
+    system: str | None = Field(None, description="key holding a system prompt for the conversation")
+    prompt: str | None = Field(None, description="key of the raw-text prompt (prompt/completion)")
+    completion: str | None = Field(None, description="key of the raw-text completion")
+    instruction: str | None = Field(None, description="key of the instruction (Alpaca, chat-rendered)")
+    input: str | None = Field(None, description="key of the instruction's input (Alpaca)")
+    output: str | None = Field(None, description="key of the answer (Alpaca)")
+    text: str | None = Field(None, description="key of plain text trained whole")
+
+
+class DataConfig(_Section):
+    map: DataMapConfig = Field(default_factory=DataMapConfig)
+
+
 class Config(_Section):
     base_model: str = Field(..., min_length=1, description="local directory or hub id")
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -129,6 +149,7 @@ class Config(_Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
 
 
 class ConfigError(Exception):
@@ -285,4 +306,14 @@ every_steps = 0              # also evaluate every N steps; 0 = only at the end 
 generate_examples = 8        # greedy answers compared with the expected last assistant turn
 max_new_tokens = 64
 max_seconds = 60             # per eval: stops early (and records how many it did) past this
+
+[data.map]                   # your own key names for trainerd's fields (docs/FORMATS.md), e.g.
+# prompt = "user_prompt"     # raw-text prompt/completion: {{"user_prompt": ..., "expected_answer": ...}}
+# completion = "expected_answer"
+# instruction = "question"   # or chat-rendered, as Alpaca: instruction / input / output
+# output = "answer"
+# messages = "turns"         # conversations under other keys: messages / role / content / system
+# role = "speaker"
+# content = "text"
+# text = "body"              # plain text, trained whole
 """

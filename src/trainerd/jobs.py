@@ -37,6 +37,8 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
                 **{PARENT_ENV: str(os.getpid())})
 METRICS = "metrics.jsonl"
+TOKEN_CACHE = "tokens"  # the job's tokenized examples (trainerd.worker.data), with a manifest
+TOKEN_ERROR = "tokenize-error.json"  # the tokenizing stage's reason a queued job cannot train
 EVALS = "evals.jsonl"  # probe evals, one row per eval (trainerd.worker.evals)
 TENSORBOARD = "tensorboard"  # event files of the job's attempts
 
@@ -142,6 +144,12 @@ class JobMeta(BaseModel):
     first_loss: float | None = None  # of this run (since the last requeue), for status/history
     last_loss: float | None = None
     micro_batch_size: int | None = None  # set by the OOM fallback; grad_accum grows to match
+    # From the token cache, once tokenized (trainerd.worker.data): `examples` counts the
+    # file's records, `sequences` what is trained (a multi-turn chat may train several).
+    sequences: int | None = None
+    tokens: int | None = None
+    dropped: int = 0  # sequences left out by train.overlength (or a prompt alone too long)
+    truncated: int = 0
     nonfinite_events: int = 0
 
     @property
@@ -154,6 +162,16 @@ class JobMeta(BaseModel):
 
     def save(self, job_dir: Path, sync: bool = True) -> None:
         atomic.write_json(Path(job_dir) / JOB_JSON, self.model_dump(mode="json"), sync=sync)
+
+
+def token_counts(job_dir: Path) -> dict[str, int] | None:
+    """The token cache's counts (sequences, tokens, dropped, truncated), or None before it
+    exists. Read from its manifest, which is written last: a half-built cache has none."""
+    try:
+        man = atomic.read_json(Path(job_dir) / TOKEN_CACHE / atomic.MANIFEST)
+    except (OSError, ValueError):
+        return None
+    return {k: int(man.get(k) or 0) for k in ("sequences", "tokens", "dropped", "truncated")}
 
 
 def fallback_micro_batch(effective: int, current: int) -> int | None:

@@ -36,18 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from trainerd import atomic
+from trainerd.config import DataMapConfig
+from trainerd.formats import NO_MAP, FileKindError, iter_records, parse, to_json
 from trainerd.guards import dir_bytes
-from trainerd.jobs import DATA, WORKER_LOCK
+from trainerd.jobs import DATA, TOKEN_CACHE, WORKER_LOCK
 from trainerd.lock import flock_within
 from trainerd.paths import Layout
 from trainerd.schedule import Line, RetentionConfig, section
-from trainerd.validate import example_format, iter_lines
 from trainerd.worker import models  # torch-free at import: versions(), set_current()
 
 log = logging.getLogger("trainerd.lifecycle")
 
 MODELS_LOCK = "models.lock"
-TOKENS_CACHE = "tokens"  # the worker's tokenized cache of data.jsonl (worker/data.py CACHE)
+TOKENS_CACHE = TOKEN_CACHE  # the tokenized cache of data.jsonl (worker/data.py)
+TOKENS_REPLAY = "tokens-replay"  # ... and of replay.jsonl
 REPLAY_JSONL = "replay.jsonl"  # old examples mixed into a job (see replay_for_job)
 REPLAY_JSON = "replay.json"
 DATA_REMOVED = "data-removed.json"
@@ -493,7 +495,7 @@ def _done_data(layout: Layout, policy: RetentionConfig) -> list[GcItem]:
         return []
     jobs = []
     for d in sorted(layout.done.iterdir()):  # job ids sort by arrival
-        files = [d / f for f in (DATA, REPLAY_JSONL, REPLAY_JSON, TOKENS_CACHE) if os.path.lexists(d / f)]
+        files = [d / f for f in (DATA, REPLAY_JSONL, REPLAY_JSON, TOKENS_CACHE, TOKENS_REPLAY) if os.path.lexists(d / f)]
         if files:
             jobs.append((d, files, sum(_size(f) for f in files)))
     keep = jobs[-policy.keep_done_data:] if policy.keep_done_data else list(jobs)
@@ -589,10 +591,15 @@ def _seed(job_id: str) -> int:
 
 
 def _nonblank_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(record number, raw JSON) of each example-looking record: lines, or elements of a
+    JSON array file. A file that is neither yields nothing (intake refused such files)."""
     with open(path, "rb") as f:
-        for n, raw in iter_lines(f):
-            if raw is not None and raw.strip():
-                yield n, raw
+        try:
+            for rec in iter_records(f):
+                if rec.raw is not None and rec.raw.strip():
+                    yield rec.number, rec.raw
+        except FileKindError:
+            return
 
 
 def replay_pool(layout: Layout, exclude: str | None = None) -> list[Path]:
@@ -607,11 +614,11 @@ def replay_pool(layout: Layout, exclude: str | None = None) -> list[Path]:
     return out
 
 
-def sample_examples(layout: Layout, k: int, seed: int, exclude: str | None = None
-                    ) -> tuple[list[bytes], dict[str, list[int]], int]:
+def sample_examples(layout: Layout, k: int, seed: int, exclude: str | None = None,
+                    data_map: DataMapConfig = NO_MAP) -> tuple[list[bytes], dict[str, list[int]], int]:
     """k examples drawn uniformly, without replacement, from every done job's data, by a
-    seeded generator: (raw JSON lines, {job id: line numbers}, pool size). Two streaming
-    passes, so memory holds only the k picked lines."""
+    seeded generator: (JSON lines in a standard format, {job id: record numbers}, pool
+    size). Two streaming passes, so memory holds only the k picked examples."""
     pool = replay_pool(layout, exclude)
     counts = [sum(1 for _ in _nonblank_lines(p)) for p in pool]
     total = sum(counts)
@@ -625,19 +632,19 @@ def sample_examples(layout: Layout, k: int, seed: int, exclude: str | None = Non
             continue
         for n, raw in _nonblank_lines(p):
             if i in picks:
-                try:
-                    ok = example_format(json.loads(raw))[0] is not None
-                except ValueError:
-                    ok = False
-                if ok:  # intake validated it; a file edited since is not trusted blindly
-                    rows.append(raw)
+                try:  # intake validated it; a file edited since is not trusted blindly
+                    ex = parse(json.loads(raw), data_map)
+                except ValueError:  # FormatError included
+                    ex = None
+                if ex is not None:  # one line each, whatever layout the job's file had
+                    rows.append(json.dumps(to_json(ex), ensure_ascii=False).encode())
                     sources.setdefault(p.parent.name, []).append(n)
             i += 1
     return rows, sources, total
 
 
 def replay_for_job(layout: Layout, job_dir: Path, fraction: float, new_examples: int,
-                   max_examples: int = 2000) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+                   max_examples: int = 2000, data_map: DataMapConfig = NO_MAP) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Old examples to mix into this job's epoch against forgetting, and a record of them
     for the job's metadata (None when replay is off or there is nothing to replay).
 
@@ -658,7 +665,7 @@ def replay_for_job(layout: Layout, job_dir: Path, fraction: float, new_examples:
         pass
     k = min(max_examples, math.ceil(fraction * new_examples))
     seed = _seed(job_dir.name)
-    rows, sources, total = sample_examples(layout, k, seed, exclude=job_dir.name)
+    rows, sources, total = sample_examples(layout, k, seed, exclude=job_dir.name, data_map=data_map)
     if not rows:
         return [], None
     data = b"".join(r + b"\n" for r in rows)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from trainerd import atomic, validate
-from trainerd.config import QueueConfig
+from trainerd.config import DataMapConfig, QueueConfig
+from trainerd.formats import NO_MAP
 from trainerd.jobs import (
     DATA,
     ERROR_JSON,
@@ -70,7 +71,7 @@ class JobRef:
 
 
 def _slug(name: str) -> str:
-    stem = name[:-6] if name.endswith(".jsonl") else name
+    stem = name.removesuffix(".jsonl").removesuffix(".json")
     return (re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "job")[:40]
 
 
@@ -88,24 +89,36 @@ class _HashingReader:
         self.sha = hashlib.sha256()
         self.size = 0
 
+    def peek(self, n: int = 1) -> bytes:
+        return self._f.peek(n)
+
+    def _seen(self, data: bytes) -> bytes:
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
     def readline(self, limit: int = -1) -> bytes:
-        line = self._f.readline(limit)
-        self.sha.update(line)
-        self.size += len(line)
-        return line
+        return self._seen(self._f.readline(limit))
+
+    def read(self, n: int = -1) -> bytes:
+        return self._seen(self._f.read(n))
 
 
-def _hash_and_validate(path: Path) -> tuple[validate.Report, str, int]:
+def _hash_and_validate(path: Path, name: str, data_map: DataMapConfig = NO_MAP
+                       ) -> tuple[validate.Report, str, int]:
     with open(path, "rb") as f:
         reader = _HashingReader(f)
-        report = validate.validate_stream(reader, str(path))
+        report = validate.check_stream(reader, name, data_map, name)
+        reader.read()  # a file refused early (gzip, UTF-16) is still hashed whole
     return report, reader.sha.hexdigest(), reader.size
 
 
 class Queue:
-    def __init__(self, layout: Layout, cfg: QueueConfig, on_event: EventSink | None = None):
+    def __init__(self, layout: Layout, cfg: QueueConfig, on_event: EventSink | None = None,
+                 data_map: DataMapConfig = NO_MAP):
         self.layout = layout
         self.cfg = cfg
+        self.data_map = data_map  # [data.map]: the user's own format is valid at intake too
         self._on_event = on_event
         self._last_id_us = 0
         self._rejected_in_place: set[tuple[str, int, int]] = set()
@@ -242,7 +255,7 @@ class Queue:
     def _finish_staged(
         self, stage: Path, job_id: str, name: str, priority: Priority, source_folder: str | None
     ) -> JobRef:
-        report, sha, size = _hash_and_validate(stage / DATA)
+        report, sha, size = _hash_and_validate(stage / DATA, name, self.data_map)
         meta = JobMeta(
             id=job_id, original_name=name, source_folder=source_folder, sha256=sha, size=size,
             examples=report.examples, priority=priority, seed=int(sha[:8], 16),
@@ -414,8 +427,9 @@ class Queue:
             return self._reject_entry(path, "not a regular file (FIFO, socket or device)", folder)
         if now - st.st_mtime < self.cfg.settle_seconds:
             return None  # still being written, or just delivered: wait for it to settle
-        if not path.name.endswith(".jsonl"):
-            return self._reject_entry(path, "only .jsonl files are trained (one JSON example per line)", folder)
+        bad_name = validate.name_error(path.name)
+        if bad_name:
+            return self._reject_entry(path, bad_name, folder)
         if st.st_size > self.cfg.max_file_mb * 1024 * 1024:
             return self._reject_entry(
                 path, f"{st.st_size / 2**20:.0f} MB is over queue.max_file_mb = {self.cfg.max_file_mb:g}; "
@@ -539,7 +553,7 @@ class Queue:
         which is the part that matters; attempts, if there were any, are not known."""
         if not (ref.path / DATA).is_file():
             return f"{ref.id}: job.json unreadable and no data file; left for inspection"
-        report, sha, size = _hash_and_validate(ref.path / DATA)
+        report, sha, size = _hash_and_validate(ref.path / DATA, "", self.data_map)  # any layout
         JobMeta(id=ref.id, original_name=ref.id.split("-", 2)[-1] + ".jsonl", sha256=sha, size=size,
                 examples=report.examples, priority=ref.priority or Priority.NORMAL,
                 seed=int(sha[:8], 16),
@@ -661,7 +675,7 @@ class Queue:
                              "deliver a corrected file instead")
         with self._restage(ref) as stage:
             meta = JobMeta.load(stage)
-            report, _sha, _size = _hash_and_validate(stage / DATA)
+            report, _sha, _size = _hash_and_validate(stage / DATA, meta.original_name, self.data_map)
             prio = priority or meta.priority
             meta.history.append({"at": time.time(), "event": "requeued", "from": ref.state.value,
                                  "previous_attempts": [a.model_dump(mode="json") for a in meta.attempts],

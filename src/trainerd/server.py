@@ -54,7 +54,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from trainerd import __version__, atomic, control, lock, status
-from trainerd.config import QueueConfig, ServerConfig
+from trainerd.config import DataMapConfig, QueueConfig, ServerConfig
 from trainerd.control import Desired
 from trainerd.jobs import (
     ERROR_JSON,
@@ -68,6 +68,7 @@ from trainerd.jobs import (
 )
 from trainerd.paths import PRIORITIES, Layout
 from trainerd.queue import JobRef, Queue, QueueError
+from trainerd.validate import TRAINED_SUFFIXES
 
 log = logging.getLogger("trainerd.server")
 
@@ -309,6 +310,7 @@ class App:
     cfg: ServerConfig
     heartbeat: Callable[[], float]
     loopback: bool = True
+    data_map: DataMapConfig = field(default_factory=DataMapConfig)  # uploads validate as intake does
     jsonl: JsonlTail = field(default_factory=JsonlTail)
     eval_tail: JsonlTail = field(default_factory=lambda: JsonlTail(4, (*EVAL_SERIES, "samples")))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -572,7 +574,8 @@ class App:
         except Exception as e:
             log.debug("state.db unavailable for upload events: %s", e)
         try:
-            q = Queue(self.layout, QueueConfig(), on_event=ledger.event if ledger else None)
+            q = Queue(self.layout, QueueConfig(), on_event=ledger.event if ledger else None,
+                      data_map=self.data_map)
             with self._submit_lock:  # one id clock for concurrent uploads
                 ref = q.submit(tmp, priority, move=True, original_name=name)
         finally:
@@ -906,10 +909,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _upload(self, query: dict[str, str]) -> None:
         app = self.server.app
         name = query.get("name", "")
-        if not (UPLOAD_NAME_RE.fullmatch(name) and name.endswith(".jsonl") and ".." not in name
+        if not (UPLOAD_NAME_RE.fullmatch(name) and name.endswith(TRAINED_SUFFIXES) and ".." not in name
                 and not name.startswith(".")):
             raise HttpError(400, "name must be a plain file name of letters, digits, '.', '_' or '-', "
-                            "ending in .jsonl (no '/', no '..')")
+                            "ending in .jsonl or .json (no '/', no '..')")
         try:
             priority = Priority(query.get("priority", "normal"))
         except ValueError:
@@ -980,7 +983,8 @@ class ServerHandle:
                 (self._layout.run / SERVER_JSON).unlink()
 
 
-def start_server(layout: Layout, cfg: ServerConfig, heartbeat: Callable[[], float]) -> ServerHandle:
+def start_server(layout: Layout, cfg: ServerConfig, heartbeat: Callable[[], float],
+                 data_map: DataMapConfig | None = None) -> ServerHandle:
     """Serve HTTP for `layout` on a daemon thread; returns once the socket is listening.
 
     `heartbeat()` returns the time.time() of the supervisor loop's last pass. Raises
@@ -988,7 +992,7 @@ def start_server(layout: Layout, cfg: ServerConfig, heartbeat: Callable[[], floa
     """
     layout.run.mkdir(parents=True, exist_ok=True)
     ensure_token(layout)
-    app = App(layout, cfg, heartbeat, loopback=_is_loopback(cfg.host))
+    app = App(layout, cfg, heartbeat, loopback=_is_loopback(cfg.host), data_map=data_map or DataMapConfig())
     app.clean_uploads()
     server_cls = _Server6 if ":" in cfg.host else _Server
     httpd = server_cls((cfg.host, cfg.port), app)

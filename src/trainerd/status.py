@@ -15,7 +15,7 @@ from typing import Any
 
 from trainerd import atomic, control, lock
 from trainerd.config import QueueConfig
-from trainerd.jobs import ERROR_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState
+from trainerd.jobs import ERROR_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState, token_counts
 from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue
 
@@ -72,7 +72,12 @@ def job_summary(ref: JobRef) -> dict[str, Any]:
         "attempts": len(meta.attempts), "submitted_at": meta.submitted_at,
         "examples_done": meta.examples_done, "steps_done": meta.steps_done,
         "first_loss": curve[0] if curve else None, "last_loss": curve[-1] if curve else None,
+        "sequences": meta.sequences, "tokens": meta.tokens, "dropped": meta.dropped, "truncated": meta.truncated,
     }
+    if meta.sequences is None and ref.state in (JobState.QUEUED, JobState.ACTIVE):
+        counts = token_counts(ref.path)  # tokenized while it waits (trainerd.tokstage)
+        if counts:
+            out.update(counts)
     if ref.state == JobState.FAILED:
         err = _read(ref.path / ERROR_JSON) or {}
         out["reason"] = err.get("reason")

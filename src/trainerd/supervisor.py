@@ -41,6 +41,7 @@ from trainerd.jobs import (
     child_env,
     describe_exit,
     fallback_micro_batch,
+    token_counts,
 )
 from trainerd.ledger import Ledger
 from trainerd.lock import DaemonLock
@@ -49,6 +50,7 @@ from trainerd.queue import JobRef, Queue
 from trainerd.schedule import CONSOLIDATE, Housekeeping
 from trainerd.server import HEARTBEAT_INTERVAL_S
 from trainerd.systemd import Notifier
+from trainerd.tokstage import TokenStage
 
 log = logging.getLogger("trainerd.supervisor")
 
@@ -124,7 +126,8 @@ class Supervisor:
         self.worker_cmd = worker_cmd or [sys.executable, "-m", "trainerd.worker"]
         self.lock = DaemonLock(layout.lock)
         self.ledger: Ledger | None = None
-        self.queue = Queue(layout, cfg.queue, on_event=self._event)
+        self.queue = Queue(layout, cfg.queue, on_event=self._event, data_map=cfg.data.map)
+        self.stage = TokenStage(layout, self.queue)
         self.running: Running | None = None
         self.signals = 0
         self.reload_requested = False
@@ -195,7 +198,8 @@ class Supervisor:
         from trainerd.server import start_server
 
         try:
-            self._server = start_server(self.layout, self.cfg.server, lambda: self.heartbeat_at)
+            self._server = start_server(self.layout, self.cfg.server, lambda: self.heartbeat_at,
+                                        self.cfg.data.map)
         except OSError as e:
             log.error("HTTP server not started on %s:%d (%s); training goes on without it",
                       self.cfg.server.host, self.cfg.server.port, e)
@@ -219,6 +223,7 @@ class Supervisor:
             self.notify.ready(f"running on {self.layout.base}")
             return self._loop()
         finally:
+            self.stage.stop()
             self.house.stop()
             self.notify.stopping()
             if self._server is not None:
@@ -315,6 +320,7 @@ class Supervisor:
 
         if self.running is not None:
             self._watch_worker(wish, warm, cold)
+        self.stage.tick(training=self.running is not None and not warm)
         # Housework runs in its own processes: the daily snapshot + retention at any time,
         # consolidation only when nothing is queued or active, and then no job is claimed.
         housework = self.house.tick(idle=self.running is None and self._idle(),
@@ -333,6 +339,8 @@ class Supervisor:
             elif self.disk_pause:
                 self.state = "paused_disk"
             else:
+                if housework != CONSOLIDATE:
+                    self.stage.stop()  # the GPU is free: the next job's worker goes first
                 ref = None if housework == CONSOLIDATE else self.queue.claim()
                 if ref is not None:
                     self._spawn(ref)
@@ -358,6 +366,7 @@ class Supervisor:
         restart_keys = [k for k in ("base_model",) if getattr(new, k) != getattr(self.cfg, k)]
         self.cfg = new
         self.queue.cfg = new.queue
+        self.queue.data_map = new.data.map
         self.house.configure(new.schedule, new.consolidate)
         log.info("SIGHUP: config reloaded; [train] and [checkpoint] apply from the next attempt")
         if restart_keys:
@@ -555,6 +564,12 @@ class Supervisor:
             meta.save(r.ref.path)
         except (OSError, ValueError):
             pass
+        counts = token_counts(r.ref.path)
+        if counts:  # what train.overlength did, for job.json, status and the dashboard
+            meta.sequences, meta.tokens = counts["sequences"], counts["tokens"]
+            meta.dropped, meta.truncated = counts["dropped"], counts["truncated"]
+            with contextlib.suppress(OSError):
+                meta.save(r.ref.path)
         from trainerd.status import loss_curve
 
         curve = loss_curve(r.ref.path)

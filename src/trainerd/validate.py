@@ -1,32 +1,39 @@
-"""Streaming JSONL checks: one pass, constant memory, every problem with its line number.
+"""A file's verdict, as the daemon gives it: one pass, bounded memory, every problem with
+its line (or array element) and the same problems grouped.
 
-No torch here: the supervisor validates at ingest and the CLI offers `trainerd validate`.
-Token-length checks need the model's tokenizer and chat template, so they happen in the
-worker (it applies the `overlength` policy) — a file that passes here can still be a data
-error there, with the line numbers of the offending examples.
+No torch here: the supervisor checks each file at intake with `check_stream`, and
+`trainerd validate` calls the same function. What an example is belongs to
+trainerd.formats; token lengths need the model's tokenizer, so the tokenizing stage
+(trainerd.worker.tokenize, a child process) adds them — `trainerd validate -b BASE` runs
+that same child, so its verdict is the daemon's.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+from trainerd.config import DataMapConfig
+from trainerd.formats import NO_MAP, FileKindError, FormatError, decode, iter_records, parse
+
 MAX_ERRORS = 20
-MAX_LINE_BYTES = 64 * 1024 * 1024  # one example this big is a mistake, not data
-BOM = b"\xef\xbb\xbf"
+TRAINED_SUFFIXES = (".jsonl", ".json")  # what intake, `queue add` and validate accept
 
 
 @dataclass
 class LineError:
     line: int
     reason: str
+    last: int | None = None  # the same reason on every record from line to last
+    unit: str = "line"
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}"
+        where = f"{self.unit} {self.line}" if self.last in (None, self.line) else f"{self.unit}s {self.line}–{self.last}"
+        return f"{where}: {self.reason}"
 
 
 @dataclass
@@ -34,10 +41,14 @@ class Report:
     path: str
     examples: int = 0
     lines: int = 0
+    unit: str = "line"
     formats: Counter = field(default_factory=Counter)
     errors: list[LineError] = field(default_factory=list)
-    error_count: int = 0  # all of them; `errors` keeps the first MAX_ERRORS
+    error_count: int = 0  # all bad records; `errors` keeps the first MAX_ERRORS groups
     file_error: str | None = None
+    not_checked: list[str] = field(default_factory=list)  # checks this run could not do
+    tokens: dict[str, Any] | None = None  # the tokenizing stage's report, when it ran
+    _last_seen: int = 0  # the last record that was an error, or good (blank lines aside)
 
     @property
     def ok(self) -> bool:
@@ -45,17 +56,24 @@ class Report:
 
     def add(self, line: int, reason: str) -> None:
         self.error_count += 1
-        if len(self.errors) < MAX_ERRORS:
-            self.errors.append(LineError(line, reason))
+        last = self.errors[-1] if self.errors else None
+        # Extend the last group when this record follows it with nothing else between.
+        if last is not None and last.reason == reason and self._last_seen == (last.last or last.line):
+            last.last = line
+        elif len(self.errors) < MAX_ERRORS:
+            self.errors.append(LineError(line, reason, unit=self.unit))
+        self._last_seen = line
 
     def reason(self) -> str:
         """One paragraph a person can act on."""
         if self.file_error:
             return self.file_error
         if self.error_count:
-            more = f" (and {self.error_count - len(self.errors)} more)" if self.error_count > len(self.errors) else ""
+            shown = sum((e.last or e.line) - e.line + 1 for e in self.errors)
+            more = f" (and {self.error_count - shown} more)" if self.error_count > shown else ""
             listed = "; ".join(str(e) for e in self.errors)
-            return f"{self.error_count} bad line(s){more}: {listed}. Fix or remove these lines and drop the file again."
+            return (f"{self.error_count} bad {self.unit}(s){more}: {listed}. "
+                    f"Fix or remove these {self.unit}s and deliver the file again.")
         if self.examples == 0:
             return "the file has no examples (empty, or only blank lines)"
         return "ok"
@@ -66,116 +84,71 @@ class Report:
             "ok": self.ok,
             "examples": self.examples,
             "lines": self.lines,
+            "unit": self.unit,
             "formats": dict(self.formats),
             "error_count": self.error_count,
-            "errors": [{"line": e.line, "reason": e.reason} for e in self.errors],
+            "errors": [{"line": e.line, "last": e.last or e.line, "reason": e.reason} for e in self.errors],
             "reason": None if self.ok else self.reason(),
+            "not_checked": self.not_checked,
+            "tokens": self.tokens,
         }
 
 
-def example_format(obj: Any) -> tuple[str | None, str | None]:
+def example_format(obj: Any, data_map: DataMapConfig = NO_MAP) -> tuple[str | None, str | None]:
     """(format, None) for a trainable example, or (None, reason)."""
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, found {type(obj).__name__}"
-    if "messages" in obj:
-        return _check_messages(obj["messages"])
-    if "prompt" in obj or "completion" in obj:
-        for key in ("prompt", "completion"):
-            if key not in obj:
-                return None, f"'prompt' and 'completion' go together; '{key}' is missing"
-            if not isinstance(obj[key], str):
-                return None, f"'{key}' must be a string, found {type(obj[key]).__name__}"
-        if not obj["completion"].strip():
-            return None, "'completion' is empty: there would be nothing to train"
-        return "prompt_completion", None
-    if "text" in obj:
-        if not isinstance(obj["text"], str):
-            return None, f"'text' must be a string, found {type(obj['text']).__name__}"
-        if not obj["text"].strip():
-            return None, "'text' is empty"
-        return "text", None
-    keys = ", ".join(sorted(map(str, obj))[:5]) or "none"
-    return None, f"unknown format (keys: {keys}); expected 'messages', 'prompt'+'completion', or 'text'"
+    try:
+        return parse(obj, data_map).format, None
+    except FormatError as e:
+        return None, str(e)
 
 
-def _check_messages(msgs: Any) -> tuple[str | None, str | None]:
-    if not isinstance(msgs, list) or not msgs:
-        return None, "'messages' must be a non-empty list"
-    has_assistant = False
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            return None, f"messages[{i}] must be an object with 'role' and 'content'"
-        role = m.get("role")
-        if role not in ROLES:
-            return None, f"messages[{i}].role is {role!r}; allowed: {', '.join(ROLES)}"
-        content = m.get("content")
-        if not isinstance(content, str):
-            return None, f"messages[{i}].content must be a string, found {type(content).__name__}"
-        if role == "assistant":
-            if not content.strip():
-                return None, f"messages[{i}] is an assistant turn with empty content"
-            has_assistant = True
-    if not has_assistant:
-        return None, "no assistant turn: there would be nothing to train"
-    return "messages", None
-
-
-def iter_lines(f: Any) -> Any:
-    """Yield (line_number, raw_bytes) without the line ending; strips a leading BOM.
-
-    Reads at most MAX_LINE_BYTES of a line: a longer one (e.g. a whole JSON array saved
-    as .jsonl) yields None and is skipped in 1 MB chunks, so memory stays bounded."""
-    n = 0
-    while True:
-        raw = f.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            return
-        n += 1
-        if len(raw) > MAX_LINE_BYTES:
-            while raw and not raw.endswith(b"\n"):
-                raw = f.readline(1 << 20)
-            yield n, None
-            continue
-        if n == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM):]
-        yield n, raw.rstrip(b"\r\n")
-
-
-def validate_stream(f, path: str = "<stream>") -> Report:
+def check_stream(f: Any, path: str = "<stream>", data_map: DataMapConfig = NO_MAP, name: str = "") -> Report:
+    """The structural verdict on a binary stream (a file's name decides .json/.jsonl)."""
     report = Report(path=path)
-    for n, raw in iter_lines(f):
-        report.lines = n
-        if raw is None:
-            report.add(n, f"line is longer than {MAX_LINE_BYTES >> 20} MB; one example per line, please")
-            continue
-        if not raw.strip():
-            continue  # blank lines are allowed and are not examples
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            report.add(n, f"invalid UTF-8 at byte {e.start}")
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            report.add(n, f"invalid JSON: {e.msg} at column {e.colno}")
-            continue
-        except RecursionError:
-            report.add(n, "invalid JSON: nested too deeply")
-            continue
-        fmt, reason = example_format(obj)
-        if fmt is None:
-            report.add(n, reason or "invalid example")
-        else:
+    if name and name_error(name):
+        report.file_error = name_error(name)
+        return report
+    try:
+        for rec in iter_records(f, name or path):
+            report.lines, report.unit = rec.number, rec.unit
+            if rec.raw is not None and not rec.raw.strip():
+                continue  # blank lines are allowed and are not examples
+            try:
+                ex = parse(decode(rec), data_map)
+            except FormatError as e:
+                report.add(rec.number, str(e))
+                continue
             report.examples += 1
-            report.formats[fmt] += 1
+            report.formats[ex.format] += 1
+            report._last_seen = rec.number
+    except FileKindError as e:
+        report.file_error = f"not a file trainerd reads: {e}"
     return report
 
 
-def validate_file(path: Path) -> Report:
+def name_error(name: str) -> str | None:
+    """Why a file of this name is not trained, or None."""
+    if name.endswith(TRAINED_SUFFIXES):
+        return None
+    return ("only .jsonl files (one JSON example per line) and .json files (a JSON array of examples, "
+            "or JSONL) are trained; rename it if it is one of those")
+
+
+def check_file(path: Path, data_map: DataMapConfig = NO_MAP) -> Report:
+    """check_stream of a file on disk: a FIFO or device is refused before it is read (a
+    read would block), as intake refuses it."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return validate_stream(f, str(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         return Report(path=str(path), file_error=f"cannot read the file: {e.strerror or e}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return Report(path=str(path), file_error="not a regular file (FIFO, socket or device); "
+                          "trainerd reads only files")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return check_stream(f, str(path), data_map, path.name)
+    finally:
+        os.close(fd)
+

@@ -135,6 +135,9 @@ def check_rejection(layout: Layout, place: invariants.Place, bad: Bad) -> list[s
         return [f"{place.name}: rejected without a reason"]
     if bad.line is None:
         return [] if "no examples" in reason else [f"{place.name} ({bad.kind}): reason {reason[:120]!r}"]
+    if bad.data.removeprefix(BOM).lstrip().startswith(b"["):  # a .jsonl that opens like an array
+        return [] if "JSON array" in reason else [f"{place.name} ({bad.kind}): not named a JSON array: "
+                                                  f"{reason[:120]!r}"]
     lines = [e.get("line") for e in err.get("errors", [])]
     if bad.line not in lines or f"line {bad.line}:" not in reason:
         return [f"{place.name} ({bad.kind}): expected line {bad.line} blamed, got {lines} / {reason[:160]!r}"]

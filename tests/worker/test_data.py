@@ -10,7 +10,7 @@ from tests.conftest import cli, write_jsonl
 from trainerd.config import TrainConfig
 from trainerd.worker.data import (
     DataError,
-    _mask_by_prefix,
+    char_limit,
     token_report,
     tokenize_example,
     tokenize_file,
@@ -26,7 +26,7 @@ CONV = {"messages": [
 
 
 def test_multi_turn_labels_are_exactly_the_assistant_turns(tok):
-    ids, mask = tokenize_example(CONV, tok)
+    [(ids, mask)] = tokenize_example(CONV, tok)  # a prefix-stable template: one sequence
     assert len(ids) == len(mask)
     trained = [tok.decode([i]) for i, m in zip(ids, mask, strict=True) if m]
     masked = tok.decode([i for i, m in zip(ids, mask, strict=True) if not m])
@@ -48,16 +48,21 @@ def test_multi_turn_labels_are_exactly_the_assistant_turns(tok):
 
 
 def test_prefix_diff_fallback_agrees_with_generation_markers(tok):
-    """Templates without {% generation %} markers (many real models) get the same masks."""
-    msgs = CONV["messages"]
-    assert _mask_by_prefix(msgs, tok) == tokenize_example(CONV, tok)
+    """Templates without {% generation %} markers (most real models) get the same masks."""
+    import copy
+    import re
+
+    plain = copy.deepcopy(tok)
+    plain.chat_template = re.sub(r"{%-?\s*(end)?generation\s*-?%}", "", tok.chat_template)
+    assert plain.chat_template != tok.chat_template and "endgeneration" not in plain.chat_template
+    assert tokenize_example(CONV, plain) == tokenize_example(CONV, tok)
 
 
 def test_prompt_completion_and_text(tok):
-    ids, mask = tokenize_example({"prompt": "2+2=", "completion": " 4"}, tok)
+    [(ids, mask)] = tokenize_example({"prompt": "2+2=", "completion": " 4"}, tok)
     assert tok.decode([i for i, m in zip(ids, mask, strict=True) if m]) == " 4<|im_end|>"
     assert tok.decode([i for i, m in zip(ids, mask, strict=True) if not m]) == "2+2="
-    ids, mask = tokenize_example({"text": "all of it"}, tok)
+    [(ids, mask)] = tokenize_example({"text": "all of it"}, tok)
     assert all(mask) and tok.decode(ids) == "all of it<|im_end|>"
 
 
@@ -73,12 +78,45 @@ def test_overlength_policies(tok, tmp_path):
     assert len(t) == 2 and t.dropped == 1
 
 
-def test_token_report_and_cli(tok, tmp_path, base):
+def test_token_report(tok, tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", [CONV] * 3 + [{"text": "w " * 300}])
-    r = token_report(p, tok, TrainConfig(max_seq_len=256))
-    assert r["trained_tokens"]["min"] > 0 and r["over_max_seq_len"] == 1 and r["over_share"] == 0.25
-    out = json.loads(cli("validate", p, "--base-dir", base, "--json").stdout)[0]
-    assert out["ok"] and out["tokens"]["over_max_seq_len"] == 1 and out["tokens"]["prompt_tokens"]["max"] > 0
+    r = token_report(tokenize_file(p, tok, TrainConfig(max_seq_len=256, overlength="drop")),
+                     TrainConfig(max_seq_len=256, overlength="drop"))
+    assert r["examples"] == 4 and r["sequences"] == 3 and r["dropped"] == 1
+    assert r["trained_tokens"]["min"] > 0 and r["prompt_tokens"]["max"] > 0
+
+
+def test_huge_example_is_bounded_by_characters_before_tokenizing(tok, tmp_path):
+    """One 5 MB line costs no tokenization: over char_limit it gets the policy at once."""
+    cfg = TrainConfig(max_seq_len=256, overlength="drop")
+    huge = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "y" * 5_000_000}]}
+    p = write_jsonl(tmp_path / "d.jsonl", [CONV, huge, CONV])
+    seen: list[int] = []
+    real = type(tok).__call__
+
+    def spy(self, text, *a, **kw):  # the real tokenizer, watched: how long a text it is given
+        seen.append(len(text) if isinstance(text, str) else 0)
+        return real(self, text, *a, **kw)
+
+    type(tok).__call__ = spy
+    try:
+        t = tokenize_file(p, tok, cfg)
+        with pytest.raises(DataError, match=r"line 2 \(over \d+ characters\)"):
+            tokenize_file(p, tok, cfg.model_copy(update={"overlength": "fail"}))
+        cut = tokenize_file(p, tok, cfg.model_copy(update={"overlength": "truncate"}))
+    finally:
+        type(tok).__call__ = real
+    assert len(t) == 2 and t.dropped == 1 and list(t.lines) == [1, 3]
+    assert max(seen) <= char_limit(tok, 256) + 1000  # never the 5 MB text
+    # truncate: cut to the bound first, then to max_seq_len tokens, and counted as truncated
+    assert len(cut) == 3 and cut.truncated == 1 and cut.lengths().max() <= 256
+
+
+def test_truncate_counts_a_prompt_too_long_as_dropped(tok, tmp_path):
+    long_prompt = {"prompt": "w " * 400, "completion": " ok"}
+    p = write_jsonl(tmp_path / "d.jsonl", [CONV, long_prompt])
+    t = tokenize_file(p, tok, TrainConfig(max_seq_len=256, overlength="truncate"))
+    assert len(t) == 1 and t.dropped == 1 and t.truncated == 0 and t.examples == 2
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa", "packed_sdpa"])

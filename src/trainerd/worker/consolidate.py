@@ -97,13 +97,14 @@ def _encode(rows: list[dict[str, Any]], tokenizer: Any, max_len: int) -> list[tu
     out = []
     for obj in rows:
         try:
-            ids, mask = tokenize_example(obj, tokenizer)
+            seqs = tokenize_example(obj, tokenizer)
         except Exception as e:  # a probe example the template cannot render is just skipped
             log.warning("probe example skipped: %s", e)
             continue
-        ids, mask = ids[:max_len], mask[:max_len]
-        if sum(mask[1:]):
-            out.append((ids, mask))
+        for ids, mask in seqs:
+            ids, mask = ids[:max_len], mask[:max_len]
+            if sum(mask[1:]):
+                out.append((ids, mask))
     fixed = tokenizer(FIXED_TEXT, add_special_tokens=False)["input_ids"]
     return out or [(fixed, [1] * len(fixed))]  # no data at all: the fixed text is the probe
 

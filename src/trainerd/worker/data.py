@@ -1,20 +1,21 @@
-"""From data.jsonl to training rows: render, mask, tokenize once, cache, order by seed.
+"""From data.jsonl to training rows: parse, render, mask, tokenize once, cache, order by seed.
 
-Labels come from the tokenizer's chat template: with `{% generation %}` markers the
-template itself marks assistant tokens; without them, each assistant turn is located by
-rendering the conversation up to it (prefix diff), never by searching for a role string.
-The tokenized job is cached in the job dir (complete or invisible, with a manifest), so a
-resumed attempt neither re-reads nor re-tokenizes; Trainer's sampler-level batch skipping
-then starts exactly at the first untrained example.
+Examples come from trainerd.formats (every accepted format); conversations are rendered
+and masked by trainerd.worker.chat, each assistant turn as the model sees it at inference.
+An example's work is bounded by characters before it is tokenized (char_limit), so one
+huge line costs no more than the longest example allowed. The tokenized job is cached in
+the job dir (complete or invisible, with a manifest), so a resumed attempt neither
+re-reads nor re-tokenizes; Trainer's sampler-level batch skipping then starts exactly at
+the first untrained example. Rows are sequences: `lines` maps each to its source record.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,30 @@ import numpy as np
 import torch
 
 from trainerd import atomic
-from trainerd.config import TrainConfig
-from trainerd.jobs import DATA
-from trainerd.validate import MAX_ERRORS, example_format, iter_lines
+from trainerd.config import DataMapConfig, TrainConfig
+from trainerd.formats import (
+    NO_MAP,
+    Chat,
+    Example,
+    FileKindError,
+    FormatError,
+    PromptCompletion,
+    chars,
+    cut,
+    decode,
+    iter_records,
+    parse,
+)
+from trainerd.jobs import DATA, TOKEN_CACHE
+from trainerd.validate import MAX_ERRORS
+from trainerd.worker.chat import ChatEncoder, TemplateRefused
 
 log = logging.getLogger("trainerd.worker.data")
 
-CACHE = "tokens"
+CACHE = TOKEN_CACHE
+REPLAY_CACHE = "tokens-replay"
+CACHE_FORMAT = 2  # bump when the cache's meaning changes (2: sequences per assistant turn)
+ARRAYS = ("input_ids", "trainable", "offsets", "lines")
 IGNORE = -100
 
 
@@ -44,6 +62,7 @@ class Tokenized:
     lines: np.ndarray  # int32, source line of each example (for messages that cite lines)
     dropped: int = 0
     truncated: int = 0
+    examples: int = 0  # records of the file (lines or array elements); len() counts sequences
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -52,155 +71,196 @@ class Tokenized:
         return np.diff(self.offsets)
 
 
-def _render_ids(tokenizer: Any, msgs: list[dict], **kw: Any) -> list[int]:
-    return list(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, **kw)["input_ids"])
+_encoders: dict[int, ChatEncoder] = {}
 
 
-def tokenize_example(obj: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
-    """(input_ids, trainable mask) of one validated example."""
-    if "messages" in obj:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]
-        template = tokenizer.chat_template or ""
-        if "{% generation %}" in template or "{%- generation %}" in template:
-            out = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True,
-                                                return_assistant_tokens_mask=True)
-            return list(out["input_ids"]), [int(x) for x in out["assistant_masks"]]
-        return _mask_by_prefix(msgs, tokenizer)
+def chat_encoder(tokenizer: Any) -> ChatEncoder:
+    """The tokenizer's ChatEncoder, built once (it renders probe turns at construction)."""
+    enc = _encoders.get(id(tokenizer))
+    if enc is None or enc.tok is not tokenizer:
+        enc = _encoders[id(tokenizer)] = ChatEncoder(tokenizer)
+    return enc
+
+
+def encode(ex: Example, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, trainable mask) of every sequence an example trains: one for raw text,
+    one to N for a conversation of N assistant turns (trainerd.worker.chat)."""
+    if isinstance(ex, Chat):
+        return chat_encoder(tokenizer).encode(ex)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if "prompt" in obj:
-        p = tokenizer(obj["prompt"], add_special_tokens=False)["input_ids"]
-        c = tokenizer(obj["completion"], add_special_tokens=False)["input_ids"] + eos
-        return p + c, [0] * len(p) + [1] * len(c)
-    t = tokenizer(obj["text"], add_special_tokens=False)["input_ids"] + eos
-    return t, [1] * len(t)
+    if isinstance(ex, PromptCompletion):
+        p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + eos
+        return [(p + c, [0] * len(p) + [1] * len(c))]
+    t = tokenizer(ex.text, add_special_tokens=False)["input_ids"] + eos
+    return [(t, [1] * len(t))]
 
 
-def _mask_by_prefix(msgs: list[dict], tokenizer: Any) -> tuple[list[int], list[int]]:
-    full = _render_ids(tokenizer, msgs)
-    mask = [0] * len(full)
-    for i, m in enumerate(msgs):
-        if m["role"] != "assistant":
-            continue
-        before = _render_ids(tokenizer, msgs[:i], add_generation_prompt=True) if i else \
-            _render_ids(tokenizer, [], add_generation_prompt=True)
-        upto = _render_ids(tokenizer, msgs[: i + 1])
-        if upto[: len(before)] != before or full[: len(upto)] != upto:
-            raise DataError(
-                "the model's chat template renders a conversation differently from its prefixes, "
-                "so assistant tokens cannot be located; use a template with {% generation %} markers"
-            )
-        end = len(upto)
-        eos = tokenizer.eos_token_id
-        span = upto[len(before):]
-        if eos is not None and eos in span:  # stop at the turn's end marker, not the separator after it
-            end = len(before) + len(span) - span[::-1].index(eos)
-        for j in range(len(before), end):
-            mask[j] = 1
-    return full, mask
+def tokenize_example(obj: dict, tokenizer: Any, data_map: DataMapConfig = NO_MAP) -> list[tuple[list[int], list[int]]]:
+    """encode() of a JSON object in any accepted format (FormatError if it is none)."""
+    return encode(parse(obj, data_map), tokenizer)
 
 
-def fingerprint(tokenizer: Any, cfg: TrainConfig, data_sha: str) -> str:
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
-    h.update((tokenizer.chat_template or "").encode())
-    h.update(f"{cfg.max_seq_len}|{cfg.overlength}|{data_sha}".encode())
-    return h.hexdigest()
+def char_limit(tokenizer: Any, max_seq_len: int) -> int:
+    """Characters beyond which an example cannot fit max_seq_len tokens, whatever it says:
+    no token covers more characters than the longest one in the vocabulary. Bounds the
+    work (and memory) spent on an example before it is tokenized."""
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=16)
+    return max_seq_len * max(1, longest)
 
 
-def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
+@dataclass
+class _Tally:
+    """What tokenize_file saw; the over-length policy's counts go to job.json and status."""
+
+    examples: int = 0
+    too_long: list[str] = field(default_factory=list)
+    n_too_long: int = 0
+    dropped: int = 0  # sequences left out: over-length under "drop", or prompt alone too long
+    truncated: int = 0
+
+
+def _over(cfg: TrainConfig, tally: _Tally, where: str) -> None:
+    tally.n_too_long += 1
+    if cfg.overlength == "fail" and len(tally.too_long) < MAX_ERRORS:
+        tally.too_long.append(where)
+
+
+def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig, data_map: DataMapConfig = NO_MAP,
+                  name: str = "") -> Tokenized:
     ids: list[int] = []
     mask: list[int] = []
     offsets = [0]
     lines: list[int] = []
-    too_long: list[str] = []
-    n_too_long = dropped = truncated = 0
+    tally = _Tally()
+    limit = char_limit(tokenizer, cfg.max_seq_len)
     with open(path, "rb") as f:
-        for n, raw in iter_lines(f):
-            if raw is None:
-                raise DataError(f"line {n}: longer than the validator's line limit")
-            if not raw.strip():
-                continue
-            obj = json.loads(raw.decode("utf-8"))
-            fmt, reason = example_format(obj)
-            if fmt is None:  # validated at intake; a changed file is still caught here
-                raise DataError(f"line {n}: {reason}")
-            x, m = tokenize_example(obj, tokenizer)
-            if not any(m):
-                raise DataError(f"line {n}: no trainable tokens after rendering with the chat template")
-            if len(x) > cfg.max_seq_len:
-                n_too_long += 1
-                if cfg.overlength == "fail":
-                    if len(too_long) < MAX_ERRORS:
-                        too_long.append(f"line {n} ({len(x)} tokens)")
+        try:
+            for rec in iter_records(f, name):
+                if rec.raw is not None and not rec.raw.strip():
                     continue
-                if cfg.overlength == "drop":
-                    dropped += 1
-                    continue
-                x, m = x[: cfg.max_seq_len], m[: cfg.max_seq_len]
-                if not any(m):
-                    dropped += 1
-                    continue
-                truncated += 1
-            ids += x
-            mask += m
-            offsets.append(len(ids))
-            lines.append(n)
-    if too_long:
-        more = f" and {n_too_long - len(too_long)} more" if n_too_long > len(too_long) else ""
+                where = f"{rec.unit} {rec.number}"
+                try:
+                    ex = parse(decode(rec), data_map)
+                except FormatError as e:  # validated at intake; a changed file is still caught here
+                    raise DataError(f"{where}: {e}") from None
+                tally.examples += 1
+                if chars(ex) > limit:  # over any token count: never tokenized whole
+                    _over(cfg, tally, f"{where} (over {limit} characters)")
+                    if cfg.overlength != "truncate":
+                        tally.dropped += cfg.overlength == "drop"
+                        continue
+                    cut_ex = cut(ex, limit)
+                    if cut_ex is None:
+                        tally.dropped += 1
+                        continue
+                    ex = cut_ex
+                try:
+                    seqs = encode(ex, tokenizer)
+                except TemplateRefused as e:
+                    raise DataError(f"{where}: {e}") from None
+                for x, m in seqs:
+                    if not any(m):
+                        raise DataError(f"{where}: no trainable tokens after rendering with the chat template")
+                    if len(x) > cfg.max_seq_len:
+                        _over(cfg, tally, f"{where} ({len(x)} tokens)")
+                        if cfg.overlength != "truncate":
+                            tally.dropped += cfg.overlength == "drop"
+                            continue
+                        x, m = x[: cfg.max_seq_len], m[: cfg.max_seq_len]
+                        if not any(m):  # the prompt alone fills max_seq_len: nothing to train
+                            tally.dropped += 1
+                            continue
+                        tally.truncated += 1
+                    ids += x
+                    mask += m
+                    offsets.append(len(ids))
+                    lines.append(rec.number)
+        except FileKindError as e:
+            raise DataError(str(e)) from None
+    if tally.too_long:
+        more = f" and {tally.n_too_long - len(tally.too_long)} more" if tally.n_too_long > len(tally.too_long) else ""
         raise DataError(
-            f"{n_too_long} example(s) longer than train.max_seq_len = {cfg.max_seq_len} tokens: "
-            f"{', '.join(too_long)}{more}. Shorten them, raise max_seq_len, or set "
+            f"{tally.n_too_long} example(s) longer than train.max_seq_len = {cfg.max_seq_len} tokens: "
+            f"{', '.join(tally.too_long)}{more}. Shorten them, raise max_seq_len, or set "
             "train.overlength = \"drop\" or \"truncate\""
         )
     if len(lines) == 0:
-        raise DataError("no trainable examples are left (all were dropped as over-length)")
+        raise DataError(f"no trainable examples are left: all {tally.examples} were dropped as longer than "
+                        f"train.max_seq_len = {cfg.max_seq_len} tokens; shorten them or raise max_seq_len"
+                        if tally.examples else "the file has no examples")
     return Tokenized(np.asarray(ids, np.int32), np.asarray(mask, np.uint8), np.asarray(offsets, np.int64),
-                     np.asarray(lines, np.int32), dropped, truncated)
+                     np.asarray(lines, np.int32), tally.dropped, tally.truncated, tally.examples)
 
 
-def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
-            replay: Path | None = None, replay_sha: str = "") -> Tokenized:
-    """Tokenize the job once (with its replay examples, if any); later attempts load the
-    verified cache."""
-    cache = job_dir / CACHE
-    fp = fingerprint(tokenizer, cfg, data_sha + replay_sha)
+def fingerprint(tokenizer: Any, cfg: TrainConfig, data_sha: str, data_map: DataMapConfig = NO_MAP) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    h.update((tokenizer.chat_template or "").encode())
+    h.update(f"{CACHE_FORMAT}|{cfg.max_seq_len}|{cfg.overlength}|{data_sha}|{data_map.model_dump_json()}".encode())
+    return h.hexdigest()
+
+
+def _cached(cache: Path, fp: str, build: Callable[[], Tokenized]) -> Tokenized:
+    """The verified cache at `cache` if it has this fingerprint, else build() written there
+    (complete or invisible, with a manifest)."""
     try:
         man = atomic.verify_manifest(cache)
         if man.get("fingerprint") == fp:
-            arrays = {k: np.load(cache / f"{k}.npy") for k in ("input_ids", "trainable", "offsets", "lines")}
-            return Tokenized(**arrays, dropped=man["dropped"], truncated=man["truncated"])
-        log.info("tokenized cache is for another tokenizer or config; rebuilding")
+            arrays = {k: np.load(cache / f"{k}.npy") for k in ARRAYS}
+            return Tokenized(**arrays, dropped=man["dropped"], truncated=man["truncated"],
+                             examples=man.get("examples", 0))
+        log.info("%s is for another tokenizer or config; rebuilding", cache.name)
     except atomic.ManifestError:
         pass
-    tok = tokenize_file(job_dir / DATA, tokenizer, cfg)
-    if replay is not None:
-        tok = with_replay(tok, replay, tokenizer, cfg)
-    tmp = job_dir / (atomic.TMP_PREFIX + CACHE)
+    tok = build()
+    tmp = cache.with_name(atomic.TMP_PREFIX + cache.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for k in ("input_ids", "trainable", "offsets", "lines"):
+    for k in ARRAYS:
         np.save(tmp / f"{k}.npy", getattr(tok, k))
     atomic.write_manifest(tmp, {"fingerprint": fp, "dropped": tok.dropped, "truncated": tok.truncated,
-                                "examples": len(tok)})
+                                "examples": tok.examples, "sequences": len(tok),
+                                "tokens": int(tok.offsets[-1])})
     shutil.rmtree(cache, ignore_errors=True)
     atomic.rename(tmp, cache)
     return tok
 
 
-def with_replay(tok: Tokenized, path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
+def prepare_data(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
+                 data_map: DataMapConfig = NO_MAP, name: str = "") -> Tokenized:
+    """The job's own examples, tokenized once: by the tokenizing stage while the job waits
+    (trainerd.worker.tokenize), else by its first attempt; later attempts load the cache."""
+    return _cached(job_dir / CACHE, fingerprint(tokenizer, cfg, data_sha, data_map),
+                   lambda: tokenize_file(job_dir / DATA, tokenizer, cfg, data_map, name))
+
+
+def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
+            replay: Path | None = None, replay_sha: str = "", data_map: DataMapConfig = NO_MAP,
+            name: str = "") -> Tokenized:
+    """The job's examples, with its replay examples (if any) after them."""
+    tok = prepare_data(job_dir, tokenizer, cfg, data_sha, data_map, name)
+    if replay is None:
+        return tok
+    drop = cfg.model_copy(update={"overlength": "drop"})
+    try:
+        r = _cached(job_dir / REPLAY_CACHE, fingerprint(tokenizer, drop, replay_sha, data_map),
+                    lambda: tokenize_file(replay, tokenizer, drop, data_map))
+    except DataError as e:
+        log.warning("replayed examples not used: %s", e)
+        return tok
+    return with_replay(tok, r)
+
+
+def with_replay(tok: Tokenized, r: Tokenized) -> Tokenized:
     """The job's examples followed by replayed ones (trainerd.lifecycle.replay_for_job);
     the job's data order then mixes them into the epoch. Over-length replayed examples are
     dropped whatever train.overlength says (not this file's fault). Their `lines` are
     negative: -n is line n of replay.jsonl."""
-    try:
-        r = tokenize_file(path, tokenizer, cfg.model_copy(update={"overlength": "drop"}))
-    except DataError as e:
-        log.warning("replayed examples not used: %s", e)
-        return tok
     return Tokenized(np.concatenate([tok.input_ids, r.input_ids]), np.concatenate([tok.trainable, r.trainable]),
                      np.concatenate([tok.offsets, r.offsets[1:] + tok.offsets[-1]]),
-                     np.concatenate([tok.lines, -r.lines]), tok.dropped, tok.truncated)
+                     np.concatenate([tok.lines, -r.lines]), tok.dropped, tok.truncated, tok.examples)
 
 
 def data_order(n: int, seed: int) -> np.ndarray:
@@ -250,28 +310,13 @@ def _stats(xs: list[int]) -> dict[str, float]:
             "max": int(a.max())}
 
 
-def token_report(path: Path, tokenizer: Any, cfg: TrainConfig) -> dict[str, Any]:
-    """Token lengths of a file's valid examples as the worker would render them: prompt
-    (masked) and trained tokens, and how many exceed train.max_seq_len."""
-    prompt: list[int] = []
-    trained: list[int] = []
-    over = 0
-    with open(path, "rb") as f:
-        for _n, raw in iter_lines(f):
-            if raw is None or not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if example_format(obj)[0] is None:
-                continue
-            ids, mask = tokenize_example(obj, tokenizer)
-            t = sum(mask)
-            prompt.append(len(ids) - t)
-            trained.append(t)
-            over += len(ids) > cfg.max_seq_len
-    n = len(trained)
-    return {"prompt_tokens": _stats(prompt), "trained_tokens": _stats(trained),
+def token_report(tok: Tokenized, cfg: TrainConfig) -> dict[str, Any]:
+    """Token lengths of the sequences a file trains, as the worker renders them: prompt
+    (masked) and trained tokens, and what the over-length policy did."""
+    lengths = tok.lengths()
+    trained = [int(tok.trainable[s:e].sum()) for s, e in zip(tok.offsets[:-1], tok.offsets[1:], strict=True)]
+    prompt = [int(n) - t for n, t in zip(lengths, trained, strict=True)]
+    return {"examples": tok.examples, "sequences": len(tok), "tokens": int(tok.offsets[-1]),
+            "prompt_tokens": _stats(prompt), "trained_tokens": _stats(trained),
             "max_seq_len": cfg.max_seq_len, "overlength_policy": cfg.overlength,
-            "over_max_seq_len": over, "over_share": round(over / n, 4) if n else 0.0}
+            "dropped": tok.dropped, "truncated": tok.truncated}

@@ -31,11 +31,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import TrainerCallback
 
-from trainerd.config import Config
+from trainerd.config import Config, DataMapConfig
+from trainerd.formats import (
+    NO_MAP,
+    Chat,
+    Example,
+    FileKindError,
+    FormatError,
+    PromptCompletion,
+    decode,
+    iter_records,
+    parse,
+)
 from trainerd.jobs import EVALS
 from trainerd.paths import Layout
-from trainerd.validate import example_format, iter_lines
-from trainerd.worker.data import tokenize_example
+from trainerd.worker.chat import TemplateRefused
+from trainerd.worker.data import chat_encoder, encode
 
 if TYPE_CHECKING:
     from trainerd.worker.main import StopFlag
@@ -57,21 +68,19 @@ class Probe:
         return len(self.examples)
 
 
-def _prompt(obj: dict, tokenizer: Any) -> tuple[list[int], str] | None:
+def _prompt(ex: Example, tokenizer: Any) -> tuple[list[int], str] | None:
     """(prompt ids, expected answer): the conversation before its last assistant turn,
     rendered with the generation prompt, or a prompt/completion pair; None for `text`."""
-    if "messages" in obj:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]
-        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")  # validated: one exists
-        ids = tokenizer.apply_chat_template(msgs[:last], tokenize=True, return_dict=True,
-                                            add_generation_prompt=True)["input_ids"]
-        return list(ids), msgs[last]["content"]
-    if "prompt" in obj:
-        return tokenizer(obj["prompt"], add_special_tokens=False)["input_ids"], obj["completion"]
+    if isinstance(ex, Chat):
+        ids, turn = chat_encoder(tokenizer).prompt(ex)
+        return ids, turn.get("content") or ""
+    if isinstance(ex, PromptCompletion):
+        return tokenizer(ex.prompt, add_special_tokens=False)["input_ids"], ex.completion
     return None
 
 
-def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int) -> Probe | None:
+def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
+               data_map: DataMapConfig = NO_MAP) -> Probe | None:
     """The probe set at `path`, or None when there is none. Lines that are not valid
     examples, or longer than train.max_seq_len, are left out and named in the log: a bad
     probe line must never fail the job it observes."""
@@ -82,26 +91,30 @@ def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int) -> Probe | 
     bad: list[str] = []
     probe = Probe(hashlib.sha256(raw_file).hexdigest()[:16], [])
     with open(path, "rb") as f:
-        for n, raw in iter_lines(f):
-            if raw is not None and not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw) if raw is not None else None
-            except ValueError:
-                obj = None
-            fmt, reason = example_format(obj) if obj is not None else (None, "not JSON")
-            if fmt is None:
-                bad.append(f"line {n} ({reason})")
-                continue
-            ids, mask = tokenize_example(obj, tokenizer)
+        try:
+            records = list(iter_records(f))
+        except FileKindError as e:
+            log.warning("probe set %s not used: %s", path, e)
+            return None
+    for rec in records:
+        if rec.raw is not None and not rec.raw.strip():
+            continue
+        n = rec.number
+        try:
+            ex = parse(decode(rec), data_map)
+            seqs = encode(ex, tokenizer)
+        except (FormatError, TemplateRefused) as e:
+            bad.append(f"{rec.unit} {n} ({e})")
+            continue
+        for ids, mask in seqs:
             if len(ids) > max_seq_len or not any(mask):
-                bad.append(f"line {n} ({len(ids)} tokens > train.max_seq_len)" if any(mask)
-                           else f"line {n} (nothing to score)")
+                bad.append(f"{rec.unit} {n} ({len(ids)} tokens > train.max_seq_len)" if any(mask)
+                           else f"{rec.unit} {n} (nothing to score)")
                 continue
             probe.examples.append((ids, mask))
-            p = _prompt(obj, tokenizer) if len(probe.prompts) < k else None
-            if p is not None:
-                probe.prompts.append((n, *p))
+        p = _prompt(ex, tokenizer) if len(probe.prompts) < k else None
+        if p is not None:
+            probe.prompts.append((n, *p))
     if bad:
         log.warning("probe set %s: left out %d line(s): %s", path, len(bad), ", ".join(bad[:10]))
     if not probe.examples:
@@ -250,7 +263,7 @@ def callback(layout: Layout, cfg: Config, job_dir: Path, attempt: int, tokenizer
              stop: StopFlag) -> ProbeEval | None:
     """The probe-eval callback for this attempt, or None when there is no probe set."""
     path = layout.base / cfg.eval.probe_file  # an absolute probe_file stays as it is
-    probe = load_probe(path, tokenizer, cfg.train.max_seq_len, cfg.eval.generate_examples)
+    probe = load_probe(path, tokenizer, cfg.train.max_seq_len, cfg.eval.generate_examples, cfg.data.map)
     if probe is None:
         return None
     log.info("probe set %s: %d examples, %d for generation; eval %s", path, len(probe), len(probe.prompts),

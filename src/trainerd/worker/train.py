@@ -382,18 +382,19 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     def prepare_data():
         # Replay against forgetting: a fixed sample of done jobs' examples joins this epoch.
         _, replay = lifecycle.replay_for_job(layout, job_dir, cfg.replay.fraction, meta.examples,
-                                             cfg.replay.max_examples)
+                                             cfg.replay.max_examples, cfg.data.map)
         return replay, prepare(job_dir, tokenizer, cfg.train, meta.sha256,
                                job_dir / lifecycle.REPLAY_JSONL if replay else None,
-                               replay["sha256"] if replay else "")
+                               replay["sha256"] if replay else "", cfg.data.map, meta.original_name)
 
     replay, tok = rank0_first(prepare_data)  # one writer of replay.jsonl and the token cache
     if _stop_before_training(stop, "tokenizing"):
         return ExitCode.STOPPED
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
     ds = JobDataset(tok, data_order(len(tok), seed))
-    log.info("%s: %d examples (%d dropped, %d truncated), %d tokens; model %s (%s)", meta.id, len(ds),
-             tok.dropped, tok.truncated, int(tok.offsets[-1]), parent.version, parent.kind)
+    log.info("%s: %d examples as %d sequences (%d dropped, %d truncated), %d tokens; model %s (%s)",
+             meta.id, tok.examples, len(ds), tok.dropped, tok.truncated, int(tok.offsets[-1]),
+             parent.version, parent.kind)
 
     ckpt_meta = {"job_id": meta.id, "model_version": parent.version, "method": cfg.train.method,
                  "trainerd_version": __version__}
@@ -450,7 +451,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     if trainer.is_world_process_zero():
         models.for_saving(trainer.model)
         version = models.publish(layout, trainer.model, tokenizer, parent, meta,
-                                 {"examples_trained": ds.examples, "steps": trainer.state.global_step,
+                                 {"examples_trained": tok.examples, "sequences_trained": ds.examples,
+                                  "steps": trainer.state.global_step,
                                   "dropped": tok.dropped, "truncated": tok.truncated,
                                   "final_loss": progress.last.get("loss"), "replay": replay})
         log.info("%s: published %s", meta.id, version)
