@@ -98,11 +98,18 @@ def _merge(base: str, extra: str) -> str:
             merged.setdefault(table, {}).update(values)
         else:
             merged[table] = values
-    lines = []
+    lines: list[str] = []
+
+    def emit(name: str, values: dict) -> None:
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict))
+        for k, v in values.items():
+            if isinstance(v, dict):  # a sub-table such as [data.map]
+                emit(f"{name}.{k}", v)
+
     for table, values in merged.items():
         if isinstance(values, dict):
-            lines.append(f"[{table}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+            emit(table, values)
         else:
             lines.insert(0, f"{table} = {json.dumps(values)}")
     return "\n".join(lines) + "\n"

@@ -1,12 +1,11 @@
 """Rendering and masking: labels from the chat template, token by token; packing that
 never lets attention or loss cross examples."""
 
-import json
 
 import pytest
 import torch
 
-from tests.conftest import cli, write_jsonl
+from tests.conftest import write_jsonl
 from trainerd.config import TrainConfig
 from trainerd.worker.data import (
     DataError,
