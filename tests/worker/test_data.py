@@ -35,7 +35,7 @@ def test_multi_turn_labels_are_exactly_the_assistant_turns(tok):
         assert text in masked
     # Token by token: the mask is 1 exactly on the two assistant spans.
     spans, cur = [], None
-    for k, m in enumerate(mask):
+    for k, m in enumerate([*mask, 0]):  # a span may end the sequence
         if m and cur is None:
             cur = k
         if not m and cur is not None:

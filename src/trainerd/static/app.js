@@ -243,13 +243,22 @@ function renderSystem(s) {
   bar.className = disk.low || used > 0.95 ? "bad" : disk.warn || used > 0.85 ? "warn" : "";
 }
 
+// What train.overlength did to a job's sequences: never silent (shown wherever the job is).
+function overlength(j) {
+  const parts = [];
+  if (j.dropped) parts.push(`${fmtNum(j.dropped)} dropped`);
+  if (j.truncated) parts.push(`${fmtNum(j.truncated)} truncated`);
+  return parts.length ? h("span", { class: "badge warn", title: "train.overlength: sequences longer than max_seq_len" },
+    parts.join(", ")) : null;
+}
+
 function renderQueue(s) {
   const q = s.queue || {};
   setText("queue-counts", `high ${q.queued_high || 0} · normal ${q.queued_normal || 0} · low ${q.queued_low || 0}`);
   const rows = (s.queued || []).map((j) => h("tr", {},
     h("td", {}, h("span", { class: `badge ${j.priority}` }, j.priority)),
     h("td", { class: "file" }, j.name || j.id, h("span", { class: "mono" }, j.id),
-      j.attempts ? h("span", { class: "badge warn" }, `retry after ${j.attempts} attempt(s)`) : null),
+      j.attempts ? h("span", { class: "badge warn" }, `retry after ${j.attempts} attempt(s)`) : null, overlength(j)),
     h("td", { class: "num" }, fmtNum(j.examples)),
     h("td", {}, fmtAgo(j.submitted_at, s.now))));
   const more = (q.queued || 0) - rows.length;
@@ -278,8 +287,8 @@ function renderHistory(jobs, now) {
       delta = h("span", { class: pct <= 0 ? "down" : "up" }, `${pct <= 0 ? "↓" : "↑"}${Math.abs(pct).toFixed(0)}%`);
     }
     return h("tr", { class: j.id === ui.pinned ? "pinned" : null, "data-id": j.id, onclick: () => pin(j.id) },
-      h("td", { class: "file" }, j.name || j.id, h("span", { class: "mono" }, j.id)),
-      h("td", { class: "num" }, fmtNum(j.examples)),
+      h("td", { class: "file" }, j.name || j.id, h("span", { class: "mono" }, j.id), overlength(j)),
+      h("td", { class: "num", title: j.sequences ? `${fmtNum(j.sequences)} sequences trained` : "" }, fmtNum(j.examples)),
       h("td", { class: "num" }, fmtNum(j.steps_done)),
       h("td", { class: "num" }, `${fmtLoss(j.first_loss)} → ${fmtLoss(j.last_loss)}`, delta),
       h("td", { class: "num" }, fmtDur(j.train_seconds)),

@@ -52,6 +52,13 @@ def _fold_reasoning(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _trim(ids: list[int], mask: list[int]) -> tuple[list[int], list[int]]:
+    """Without the tokens after the last trained one: under causal attention they change no
+    loss, so computing them (the newline after a final end-of-turn) is waste."""
+    end = len(mask) - mask[::-1].index(1)
+    return ids[:end], mask[:end]
+
+
 class ChatEncoder:
     """Renders and masks conversations for one tokenizer (its template read once)."""
 
@@ -143,7 +150,8 @@ class ChatEncoder:
                                                    return_assistant_tokens_mask=True)
             except Exception as e:
                 raise TemplateRefused(f"the model's chat template refuses this conversation: {e}") from None
-            return [(list(out["input_ids"]), [int(x) for x in out["assistant_masks"]])]
+            marked = [int(x) for x in out["assistant_masks"]]
+            return [_trim(list(out["input_ids"]), marked)] if any(marked) else []
         full = self.ids(self.render(msgs, ex.tools, False))
         mask = [0] * len(full)
         extra: list[tuple[list[int], list[int]]] = []
@@ -157,7 +165,7 @@ class ChatEncoder:
                 mask[len(p): len(p) + len(t)] = [1] * len(t)
             else:
                 extra.append((p + t, [0] * len(p) + [1] * len(t)))
-        return ([(full, mask)] if any(mask) else []) + extra
+        return ([_trim(full, mask)] if any(mask) else []) + extra
 
     def prompt(self, ex: Chat) -> tuple[list[int], dict[str, Any]]:
         """(ids of the history before the last assistant turn, with the generation prompt;
