@@ -219,8 +219,9 @@ def validate(
         for r in reports:
             _print_report(r)
         if layout is None:
-            err.print("note: no trainerd.toml here, so token lengths, train.overlength and [data.map] were not "
-                      "checked; pass -b BASE (or set TRAINERD_BASE_DIR) for the daemon's full verdict")
+            err.print(escape("note: no trainerd.toml here, so token lengths, train.overlength and [data.map] "
+                             "were not checked; pass -b BASE (or set TRAINERD_BASE_DIR) for the daemon's "
+                             "full verdict"), highlight=False)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 

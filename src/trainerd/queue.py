@@ -554,7 +554,8 @@ class Queue:
         if not (ref.path / DATA).is_file():
             return f"{ref.id}: job.json unreadable and no data file; left for inspection"
         report, sha, size = _hash_and_validate(ref.path / DATA, "", self.data_map)  # any layout
-        JobMeta(id=ref.id, original_name=ref.id.split("-", 2)[-1] + ".jsonl", sha256=sha, size=size,
+        ext = ".json" if report.unit == "element" else ".jsonl"  # the name decides how it is read
+        JobMeta(id=ref.id, original_name=ref.id.split("-", 2)[-1] + ext, sha256=sha, size=size,
                 examples=report.examples, priority=ref.priority or Priority.NORMAL,
                 seed=int(sha[:8], 16),
                 history=[{"at": time.time(), "event": "job.json rebuilt at recovery"}]).save(ref.path)
