@@ -17,6 +17,7 @@ key names. The user's file is never rewritten: this only reads.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 from collections.abc import Iterator
@@ -72,6 +73,7 @@ class Record:
     number: int  # line number (JSONL) or element number (JSON array), from 1
     raw: bytes | None  # None: over MAX_RECORD_BYTES (skipped, bounded memory)
     unit: str = "line"
+    value: Any = None  # already parsed (array elements); else decode() parses raw
 
 
 class FileKindError(ValueError):
@@ -122,112 +124,72 @@ def _lines(f: Any) -> Iterator[Record]:
         yield Record(n, raw.rstrip(b"\r\n"))
 
 
-class _Truncated(Exception):
-    pass
+_DECODER = json.JSONDecoder()
 
 
 def _array_records(f: Any) -> Iterator[Record]:
-    """Elements of `[ {...}, {...} ]` one at a time: the buffer holds at most one element
-    (plus a read chunk), so a 10 GB array needs no more memory than its largest element."""
-    buf = f.read(1 << 16).removeprefix(BOM).lstrip()
-    assert buf.startswith(b"[")
+    """Elements of `[ {...}, {...} ]` one at a time, each parsed by json's C scanner from a
+    buffer that holds at most one element plus a read chunk: a 10 GB array needs no more
+    memory than its largest element. Bytes that are not UTF-8 are carried through
+    (surrogateescape) so the element that holds them is the one reported."""
+    utf8 = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    buf = utf8.decode(f.read(1 << 16)).removeprefix("\ufeff").lstrip()
+    assert buf.startswith("[")
     buf, pos, n, eof = buf[1:], 0, 0, False
 
     def fill() -> bool:
         nonlocal buf, pos
         more = f.read(1 << 20)
-        buf, pos = buf[pos:] + more, 0
+        buf, pos = buf[pos:] + utf8.decode(more, final=not more), 0
         return bool(more)
 
     while True:
         while True:  # skip separators
-            while pos < len(buf) and buf[pos] in b" \t\r\n,":
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
                 pos += 1
             if pos < len(buf) or eof:
                 break
             eof = not fill()
         if pos >= len(buf):
             raise FileKindError("the JSON array is not closed with ']' (file truncated?)")
-        if buf[pos:pos + 1] == b"]":
-            rest = buf[pos + 1:] + f.read(1 << 16)
-            if rest.strip():
+        if buf[pos] == "]":
+            if (buf[pos + 1:] + utf8.decode(f.read(1 << 16), final=True)).strip():
                 raise FileKindError("there is text after the JSON array's closing ']'; "
                                     "a .json file holds one array of examples, or JSONL")
             return
         n += 1
-        end = _element_end(buf, pos)
-        while end is None and not eof:
-            if len(buf) - pos > MAX_RECORD_BYTES:
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(buf, pos)
                 break
-            eof = not fill()
-            end = _element_end(buf, pos)
-        if end is None:
-            if len(buf) - pos > MAX_RECORD_BYTES:  # skip this element without keeping it
-                yield Record(n, None, "element")
-                end = _skip_element(f, buf, pos)
-                buf, pos = end, 0
-                continue
-            raise FileKindError(f"element {n} of the JSON array is cut off (file truncated?)")
-        yield Record(n, buf[pos:end], "element")
+            except json.JSONDecodeError as e:
+                # Cut by the read (the error is at the buffer's end, or in a string still
+                # open there): read on. Anything else is a broken array.
+                if not eof and (e.pos >= len(buf) - 8 or e.msg.startswith("Unterminated string")):
+                    if len(buf) - pos > MAX_RECORD_BYTES:
+                        raise FileKindError(f"element {n} of the JSON array is longer than "
+                                            f"{MAX_RECORD_BYTES >> 20} MB; one example per element, please") from None
+                    eof = not fill()
+                    continue
+                if eof and e.pos >= len(buf) - 8:
+                    raise FileKindError(f"element {n} of the JSON array is cut off (file truncated?)") from None
+                raise FileKindError(f"element {n} of the JSON array is not valid JSON ({e.msg}); "
+                                    "the rest of the array cannot be read") from None
+        raw = buf[pos:end].encode("utf-8", "surrogateescape")
+        yield Record(n, raw, "element", value)
         pos = end
-
-
-def _element_end(buf: bytes, pos: int) -> int | None:
-    """Index just past the JSON value starting at pos, by bracket depth outside strings;
-    None when the buffer ends first."""
-    depth, i, in_str = 0, pos, False
-    n = len(buf)
-    while i < n:
-        c = buf[i]
-        if in_str:
-            if c == 0x5C:  # backslash
-                i += 2
-                continue
-            if c == 0x22:
-                in_str = False
-        elif c == 0x22:
-            in_str = True
-        elif c in b"{[":
-            depth += 1
-        elif c in b"}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-            if depth < 0:
-                return i  # a scalar element ended by the array's ']'
-        elif depth == 0 and c in b", \t\r\n":
-            return i
-        i += 1
-    return None
-
-
-def _skip_element(f: Any, buf: bytes, pos: int) -> bytes:
-    """Read past one oversized element in 1 MB chunks; return what follows it."""
-    depth, in_str, esc = 0, False, False
-    data = buf[pos:]
-    while data:
-        for i, c in enumerate(data):
-            if esc:
-                esc = False
-            elif in_str:
-                esc = c == 0x5C
-                in_str = c != 0x22
-            elif c == 0x22:
-                in_str = True
-            elif c in b"{[":
-                depth += 1
-            elif c in b"}]":
-                depth -= 1
-                if depth == 0:
-                    return data[i + 1:]
-        data = f.read(1 << 20)
-    return b""
 
 
 def decode(rec: Record) -> Any:
     """The JSON value of a record; FormatError with the reason when it is not JSON."""
     if rec.raw is None:
         raise FormatError(f"longer than {MAX_RECORD_BYTES >> 20} MB; one example per {rec.unit}, please")
+    if rec.value is not None:
+        try:
+            rec.raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(f"invalid UTF-8 at byte {e.start}") from None
+        return rec.value
     try:
         text = rec.raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -829,3 +829,22 @@ def save_model_with_template(family: str, src_model_dir: Path | str, dst_dir: Pa
         (dst / name).unlink(missing_ok=True)
     tok.save_pretrained(dst)
     return dst
+
+
+# Conversations the template and mask tests share.
+SYS = {"role": "system", "content": "Be brief."}
+PLAIN = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "Goodbye!"},
+]
+REASONING = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "<think>\ngreet back\n</think>\n\nHello!"},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "<think>\nsay bye\n</think>\n\nGoodbye!"},
+]
+TOOLS = [{"type": "function", "function": {
+    "name": "get_time", "description": "The time now.",
+    "parameters": {"type": "object", "properties": {}}}}]

@@ -15,32 +15,8 @@ from trainerd.formats import parse
 from trainerd.worker.chat import TemplateRefused
 from trainerd.worker.data import DataError, encode, tokenize_file
 
-SYS = {"role": "system", "content": "Be brief."}
-REASONING = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "<think>\ngreet back\n</think>\n\nHello!"},
-    {"role": "user", "content": "Bye"},
-    {"role": "assistant", "content": "<think>\nsay bye\n</think>\n\nGoodbye!"},
-]
-PLAIN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Bye"},
-    {"role": "assistant", "content": "Goodbye!"},
-]
+SYS, PLAIN, REASONING = T.SYS, T.PLAIN, T.REASONING
 NO_SYSTEM = ("gemma", "gemma2", "mistral")  # their templates raise on a system turn
-
-
-@pytest.fixture(scope="module")
-def toks(tiny_model):
-    cache: dict = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = T.make_tokenizer(family, tiny_model)
-        return cache[family]
-
-    return get
 
 
 def spans(ids: list[int], mask: list[int]) -> list[tuple[int, int]]:
@@ -147,8 +123,7 @@ def test_reasoning_content_is_folded_for_a_template_without_it(toks):
     check(toks("llama3"), msgs, ["<think>\ngreet back\n</think>\n\nHello!<|eot_id|>"], sequences=1)
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_time", "description": "The time now.",
-                                           "parameters": {"type": "object", "properties": {}}}}]
+TOOLS = T.TOOLS
 TOOL_CONV = [
     {"role": "user", "content": "What time is it?"},
     {"role": "assistant", "content": None, "tool_calls": [

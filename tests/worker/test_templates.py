@@ -9,35 +9,8 @@ import pytest
 
 from tests.worker import templates as T
 
-SYS = {"role": "system", "content": "Be brief."}
-CONV = [
-    SYS,
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "<think>\ngreet back\n</think>\n\nHello!"},
-    {"role": "user", "content": "Bye"},
-    {"role": "assistant", "content": "<think>\nsay bye\n</think>\n\nGoodbye!"},
-]
-PLAIN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Bye"},
-    {"role": "assistant", "content": "Goodbye!"},
-]
-TOOLS = [{"type": "function", "function": {
-    "name": "get_time", "description": "The time now.",
-    "parameters": {"type": "object", "properties": {}}}}]
-
-
-@pytest.fixture(scope="module")
-def toks(tiny_model):
-    cache: dict = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = T.make_tokenizer(family, tiny_model)
-        return cache[family]
-
-    return get
+SYS, PLAIN, TOOLS = T.SYS, T.PLAIN, T.TOOLS
+CONV = [SYS, *T.REASONING]
 
 
 def render(tok, msgs, **kw) -> str:

@@ -31,18 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import TrainerCallback
 
+from trainerd import formats as F
 from trainerd.config import Config, DataMapConfig
-from trainerd.formats import (
-    NO_MAP,
-    Chat,
-    Example,
-    FileKindError,
-    FormatError,
-    PromptCompletion,
-    decode,
-    iter_records,
-    parse,
-)
 from trainerd.jobs import EVALS
 from trainerd.paths import Layout
 from trainerd.worker.chat import TemplateRefused
@@ -68,19 +58,19 @@ class Probe:
         return len(self.examples)
 
 
-def _prompt(ex: Example, tokenizer: Any) -> tuple[list[int], str] | None:
+def _prompt(ex: F.Example, tokenizer: Any) -> tuple[list[int], str] | None:
     """(prompt ids, expected answer): the conversation before its last assistant turn,
     rendered with the generation prompt, or a prompt/completion pair; None for `text`."""
-    if isinstance(ex, Chat):
+    if isinstance(ex, F.Chat):
         ids, turn = chat_encoder(tokenizer).prompt(ex)
         return ids, turn.get("content") or ""
-    if isinstance(ex, PromptCompletion):
+    if isinstance(ex, F.PromptCompletion):
         return tokenizer(ex.prompt, add_special_tokens=False)["input_ids"], ex.completion
     return None
 
 
 def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
-               data_map: DataMapConfig = NO_MAP) -> Probe | None:
+               data_map: DataMapConfig = F.NO_MAP) -> Probe | None:
     """The probe set at `path`, or None when there is none. Lines that are not valid
     examples, or longer than train.max_seq_len, are left out and named in the log: a bad
     probe line must never fail the job it observes."""
@@ -92,8 +82,8 @@ def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
     probe = Probe(hashlib.sha256(raw_file).hexdigest()[:16], [])
     with open(path, "rb") as f:
         try:
-            records = list(iter_records(f))
-        except FileKindError as e:
+            records = list(F.iter_records(f))
+        except F.FileKindError as e:
             log.warning("probe set %s not used: %s", path, e)
             return None
     for rec in records:
@@ -101,9 +91,9 @@ def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
             continue
         n = rec.number
         try:
-            ex = parse(decode(rec), data_map)
+            ex = F.parse(F.decode(rec), data_map)
             seqs = encode(ex, tokenizer)
-        except (FormatError, TemplateRefused) as e:
+        except (F.FormatError, TemplateRefused) as e:
             bad.append(f"{rec.unit} {n} ({e})")
             continue
         for ids, mask in seqs:
