@@ -137,7 +137,7 @@ def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
     assert model.config.use_cache
     examples = []
     for conv in (CONV, {"messages": CONV["messages"][:3]}, {"prompt": "2+2=", "completion": " 4"}):
-        ids, mask = tokenize_example(conv, tok)
+        [(ids, mask)] = tokenize_example(conv, tok)
         examples.append({"input_ids": ids, "labels": [i if m else -100 for i, m in zip(ids, mask, strict=True)]})
     batch = collator(Config(base_model="x"), tok)(examples)
     assert batch["input_ids"].shape[0] == 1  # one row: no padding at all

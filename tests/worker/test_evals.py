@@ -48,7 +48,7 @@ def test_probe_set_is_rendered_like_training(tmp_path, tok):
     probe = load_probe(write(tmp_path / "probe.jsonl", rows), tok, max_seq_len=256, k=3)
     assert probe is not None and len(probe.sha) == 16
     # Loss examples: exactly what training would train on (valid, not over-length).
-    assert probe.examples[0] == tokenize_example(CONV, tok)
+    assert probe.examples[:1] == tokenize_example(CONV, tok)
     assert len(probe) == 6  # 3 bad lines left out, named in the log
     # Generation: the conversation before its last assistant turn, with the generation prompt.
     line, ids, expected = probe.prompts[0]
@@ -63,7 +63,7 @@ def test_probe_set_is_rendered_like_training(tmp_path, tok):
 
 def test_evaluate_scores_and_leaves_no_trace(tok, model):
     conv = chat_rows(2, "probe")
-    examples = [tokenize_example(c, tok) for c in conv]
+    examples = [s for c in conv for s in tokenize_example(c, tok)]
     prompt = tok.apply_chat_template(conv[0]["messages"][:1], tokenize=True, add_generation_prompt=True,
                                      return_dict=True)["input_ids"]
     model.train()
@@ -93,7 +93,7 @@ def test_evaluate_scores_and_leaves_no_trace(tok, model):
 
 
 def test_evaluate_stops_at_its_time_bound_and_on_stop(tok, model):
-    probe = Probe("sha", [tokenize_example(c, tok) for c in chat_rows(3)], [])
+    probe = Probe("sha", [s for c in chat_rows(3) for s in tokenize_example(c, tok)], [])
     late = evaluate(model, tok, probe, 8, max_seconds=1e-9)
     assert late["examples"] == 0 and not late["complete"] and late["stopped_by"] == "max_seconds"
     stopped = evaluate(model, tok, probe, 8, 60, stop=True)
@@ -107,7 +107,7 @@ def test_a_failing_eval_is_a_row_and_a_log_line_not_a_failed_job(tmp_path, tok, 
     from trainerd.worker.evals import ProbeEval
 
     cfg = Config(base_model="unused", eval=EvalConfig(every_steps=3))
-    probe = Probe("sha", [tokenize_example(c, tok) for c in chat_rows(2)], [])
+    probe = Probe("sha", [s for c in chat_rows(2) for s in tokenize_example(c, tok)], [])
     cb = ProbeEval(tmp_path, 1, probe, tok, cfg, stop=False)
     broken = torch.nn.Linear(2, 2)  # has parameters, but no forward(input_ids=..., labels=...)
     state = SimpleNamespace(global_step=3, max_steps=8, is_world_process_zero=True)

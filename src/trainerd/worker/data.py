@@ -260,7 +260,7 @@ def with_replay(tok: Tokenized, r: Tokenized) -> Tokenized:
     negative: -n is line n of replay.jsonl."""
     return Tokenized(np.concatenate([tok.input_ids, r.input_ids]), np.concatenate([tok.trainable, r.trainable]),
                      np.concatenate([tok.offsets, r.offsets[1:] + tok.offsets[-1]]),
-                     np.concatenate([tok.lines, -r.lines]), tok.dropped, tok.truncated, tok.examples)
+                     np.concatenate([tok.lines, -r.lines]), tok.dropped, tok.truncated, tok.examples + r.examples)
 
 
 def data_order(n: int, seed: int) -> np.ndarray:

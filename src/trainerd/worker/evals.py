@@ -96,13 +96,15 @@ def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
         except (F.FormatError, TemplateRefused) as e:
             bad.append(f"{rec.unit} {n} ({e})")
             continue
+        kept = 0
         for ids, mask in seqs:
             if len(ids) > max_seq_len or not any(mask):
                 bad.append(f"{rec.unit} {n} ({len(ids)} tokens > train.max_seq_len)" if any(mask)
                            else f"{rec.unit} {n} (nothing to score)")
                 continue
             probe.examples.append((ids, mask))
-        p = _prompt(ex, tokenizer) if len(probe.prompts) < k else None
+            kept += 1
+        p = _prompt(ex, tokenizer) if kept and len(probe.prompts) < k else None
         if p is not None:
             probe.prompts.append((n, *p))
     if bad:

@@ -29,6 +29,7 @@ from trainerd import atomic
 from trainerd.config import load_config
 from trainerd.jobs import TOKEN_ERROR, JobMeta, token_counts
 from trainerd.paths import Layout
+from trainerd.worker.main import _die_with_parent
 
 log = logging.getLogger("trainerd.worker.tokenize")
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="report on files; write nothing")
     ap.add_argument("paths", type=Path, nargs="+")
     args = ap.parse_args(argv)
+    _die_with_parent()  # an orphan must not go on writing into a restarted daemon's queue
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
