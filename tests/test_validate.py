@@ -109,7 +109,7 @@ def test_random_json_lines_are_accepted_or_have_a_reason_with_a_line(values):
 
 
 def test_a_giant_line_is_an_error_read_in_bounded_memory(monkeypatch):
-    import trainerd.formats as F
+    import trainerd.records as F
 
     monkeypatch.setattr(F, "MAX_RECORD_BYTES", 1000)
     r = v(line({"text": "a"}) + b'{"text": "' + b"x" * 5000 + b'"}\n' + line({"text": "b"}))
