@@ -6,10 +6,10 @@ found and what is allowed (litgpt-style), so one edit fixes them all.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Sections defined beside the code that uses them (schedule.py imports nothing of ours
