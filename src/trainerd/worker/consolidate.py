@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from trainerd import __version__, atomic, lifecycle
-from trainerd.config import Config, QueueConfig, load_config
+from trainerd.config import Config, DataMapConfig, QueueConfig, load_config
 from trainerd.jobs import ExitCode
 from trainerd.paths import Layout
 from trainerd.queue import Queue
@@ -66,28 +66,27 @@ class Checks:
 
 
 # ------------------------------------------------------------------ measuring a model
-def probe_rows(layout: Layout, n: int, probe_file: str = PROBE_JSONL) -> tuple[list[dict[str, Any]], str]:
-    """Up to n held examples: the probe set (`[eval] probe_file`, relative to the base dir)
-    if present, else a seeded sample of the done jobs' data (the same sample every time
-    while done/ is unchanged)."""
+def probe_rows(layout: Layout, n: int, probe_file: str = PROBE_JSONL,
+               data_map: DataMapConfig | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Up to n held examples, in a standard format: the probe set (`[eval] probe_file`,
+    relative to the base dir) if present, else a seeded sample of the done jobs' data (the
+    same sample every time while done/ is unchanged). `[data.map]` formats count too."""
     import json
 
-    from trainerd.validate import example_format
+    from trainerd.formats import NO_MAP, FormatError, parse, to_json
 
     path = layout.base / probe_file  # an absolute probe_file stays as it is
     if path.is_file():
         rows = []
         for _n, raw in lifecycle._nonblank_lines(path):
             try:
-                obj = json.loads(raw)
-            except ValueError:
+                rows.append(to_json(parse(json.loads(raw), data_map or NO_MAP)))
+            except (ValueError, FormatError):
                 continue
-            if example_format(obj)[0] is not None:
-                rows.append(obj)
             if len(rows) >= n:
                 break
         return rows, str(path)
-    raw, _sources, _total = lifecycle.sample_examples(layout, n, PROBE_SEED)
+    raw, _sources, _total = lifecycle.sample_examples(layout, n, PROBE_SEED, data_map=data_map or NO_MAP)
     return [json.loads(r) for r in raw], "done jobs' data"
 
 
@@ -234,7 +233,7 @@ def consolidate(layout: Layout, stop: StopFlag | None = None) -> ExitCode:
         name = _next_name(layout)
         tmp = layout.models / f"{atomic.TMP_PREFIX}consolidate-{name}"
         base = lifecycle.resolve_base(layout, ref.manifest) or ref.base
-        probe, probe_from = probe_rows(layout, ccfg.probe_examples, cfg.eval.probe_file)
+        probe, probe_from = probe_rows(layout, ccfg.probe_examples, cfg.eval.probe_file, cfg.data.map)
         log.info("merging %s into %s (%d probe examples from %s)", ref.version, base, len(probe), probe_from)
         t0 = time.monotonic()
         try:
@@ -295,7 +294,7 @@ def export_merged(layout: Layout, name: str, dest: Path) -> dict[str, Any]:
     tmp = dest.parent / f"{atomic.TMP_PREFIX}export-{dest.name}-{os.getpid()}"
     try:
         checks = merge_and_verify(layout.models / name, str(base), tmp, cfg, ccfg,
-                                  probe_rows(layout, ccfg.probe_examples, cfg.eval.probe_file)[0])
+                                  probe_rows(layout, ccfg.probe_examples, cfg.eval.probe_file, cfg.data.map)[0])
         if not checks.ok:
             raise lifecycle.LifecycleError(f"merged export of {name} failed verification: "
                                            f"{'; '.join(checks.reasons)}")
