@@ -178,7 +178,8 @@ def status(
         for col in ("file", "examples", "steps", "loss first -> last"):
             t.add_column(col)
         for j in s["done"]:
-            cut = ", ".join(f"{j[k]} {k}" for k in ("dropped", "truncated") if j.get(k))
+            cut = ", ".join(f"{j[k]} {k}" for k in ("sequences", "dropped", "truncated")
+                            if j.get(k) and (k != "sequences" or j[k] != j["examples"]))
             t.add_row(j["name"], str(j["examples"]) + (f" ({cut})" if cut else ""), str(j["steps_done"]),
                       f"{_loss(j['first_loss'])} -> {_loss(j['last_loss'])}")
         out.print(t)

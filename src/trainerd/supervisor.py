@@ -320,7 +320,9 @@ class Supervisor:
 
         if self.running is not None:
             self._watch_worker(wish, warm, cold)
-        self.stage.tick(training=self.running is not None and not warm)
+        # The stage works while the GPU is busy, or paused by the user (files still arrive):
+        # their verdicts are known before the resume, not at each job's turn.
+        self.stage.tick(training=(self.running is not None or wish.state == Desired.PAUSED) and not warm)
         # Housework runs in its own processes: the daily snapshot + retention at any time,
         # consolidation only when nothing is queued or active, and then no job is claimed.
         housework = self.house.tick(idle=self.running is None and self._idle(),

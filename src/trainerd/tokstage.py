@@ -1,7 +1,8 @@
 """When the tokenizing stage runs, and what the daemon does with its verdicts.
 
-While a worker trains, the jobs queued behind it are tokenized by a child process
-(`python -m trainerd.worker.tokenize`, which imports transformers; this module does not):
+While a worker trains, or the user has paused the daemon, queued jobs are tokenized by a
+child process (`python -m trainerd.worker.tokenize`, which imports transformers; this
+module does not):
 token lengths are then known soon after intake, an over-length or unrenderable file goes
 to failed/ with its lines before its turn comes, and the worker finds its token cache
 ready. When the GPU is free the stage gives way: the daemon stops it before it claims the
@@ -40,7 +41,8 @@ class TokenStage:
         self.tried: dict[str, int] = {}
 
     def tick(self, training: bool) -> None:
-        """Collect a finished stage; start one while a worker trains and jobs wait."""
+        """Collect a finished stage; start one while `training` (the GPU is not free for the
+        next job: a worker trains, or the user paused) and jobs wait."""
         if self.proc is not None and self.proc.poll() is not None:
             self._collect()
         if self.proc is None and training:
