@@ -128,3 +128,27 @@ def test_validate_gives_the_daemons_verdict(tmp_path, tiny_model):
     assert "not\nchecked" in p.stderr or "not checked" in p.stderr
     inside = cli("validate", tmp_path / "seed.jsonl", cwd=base, env=env)
     assert "ok" in inside.stdout and "3 examples" in inside.stdout
+
+
+@pytest.mark.slow
+def test_a_paused_daemon_still_gives_verdicts(tmp_path, tiny_model):
+    """Files delivered while paused are tokenized then: an unrenderable one fails at once,
+    with the template's message and its line, not when the daemon is resumed."""
+    base = make_base(tmp_path / "base", T.save_model_with_template("mistral", tiny_model, tmp_path / "mistral"))
+    layout = Layout.at(base)
+    cli("pause", "--base-dir", base)
+    with daemon(base) as d:
+        bad = chat_rows(2) + [{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                                            {"role": "assistant", "content": "c"}]}]
+        write_jsonl(base / "inbox" / "alternation.jsonl", bad)
+        write_jsonl(base / "inbox" / "fine.jsonl", chat_rows(4))
+        failed = wait_for(lambda: _job(layout, "failed", "alternation"), timeout=180, what="failed while paused")
+        err = atomic.read_json(failed / "error.json")
+        assert err["stage"] == "tokenizing"
+        assert "line 3: the model's chat template refuses this conversation: Conversation roles must alternate" \
+            in err["reason"]
+        fine = wait_for(lambda: _job(layout, "queued", "fine"), timeout=30, what="fine queued")
+        wait_for(lambda: (fine / TOKEN_CACHE / "manifest.json").exists(), timeout=120, what="fine tokenized")
+        assert not list(layout.active.iterdir())  # still paused: nothing trained
+        d.send_signal(signal.SIGTERM)
+        d.wait(60)
