@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +38,15 @@ from trainerd.formats import (
 )
 from trainerd.jobs import DATA, TOKEN_CACHE
 from trainerd.validate import MAX_ERRORS
+from trainerd.worker import tokcache
 from trainerd.worker.chat import ChatEncoder, TemplateRefused
+from trainerd.worker.tokcache import TokenWriter
 
 log = logging.getLogger("trainerd.worker.data")
 
 CACHE = TOKEN_CACHE
 REPLAY_CACHE = "tokens-replay"
-CACHE_FORMAT = 2  # bump when the cache's meaning changes (2: sequences per assistant turn)
-ARRAYS = ("input_ids", "trainable", "offsets", "lines")
+CACHE_FORMAT = 3  # bump when the cache's meaning changes (2: sequences per turn; 3: memory-mapped)
 IGNORE = -100
 
 
@@ -128,10 +128,16 @@ def _over(cfg: TrainConfig, tally: _Tally, where: str) -> None:
 
 def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig, data_map: DataMapConfig = NO_MAP,
                   name: str = "") -> Tokenized:
-    ids: list[int] = []
-    mask: list[int] = []
-    offsets = [0]
-    lines: list[int] = []
+    """A file tokenized into arrays in memory (small sets: replay, probes, tests)."""
+    out = TokenWriter()
+    tally = _tokenize_into(out, path, tokenizer, cfg, data_map, name)
+    return Tokenized(*out.finish(), tally.dropped, tally.truncated, tally.examples)
+
+
+def _tokenize_into(out: TokenWriter, path: Path, tokenizer: Any, cfg: TrainConfig,
+                   data_map: DataMapConfig = NO_MAP, name: str = "") -> _Tally:
+    """Stream a file's sequences into `out` (memory-mapped files for a job's cache: RSS does
+    not grow with the file); raises DataError naming the records at fault."""
     tally = _Tally()
     limit = char_limit(tokenizer, cfg.max_seq_len)
     with open(path, "rb") as f:
@@ -172,10 +178,7 @@ def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig, data_map: DataMa
                             tally.dropped += 1
                             continue
                         tally.truncated += 1
-                    ids += x
-                    mask += m
-                    offsets.append(len(ids))
-                    lines.append(rec.number)
+                    out.add(x, m, rec.number)
         except FileKindError as e:
             raise DataError(str(e)) from None
     if tally.too_long:
@@ -185,12 +188,11 @@ def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig, data_map: DataMa
             f"{', '.join(tally.too_long)}{more}. Shorten them, raise max_seq_len, or set "
             "train.overlength = \"drop\" or \"truncate\""
         )
-    if len(lines) == 0:
+    if len(out) == 0:
         raise DataError(f"no trainable examples are left: all {tally.examples} were dropped as longer than "
                         f"train.max_seq_len = {cfg.max_seq_len} tokens; shorten them or raise max_seq_len"
                         if tally.examples else "the file has no examples")
-    return Tokenized(np.asarray(ids, np.int32), np.asarray(mask, np.uint8), np.asarray(offsets, np.int64),
-                     np.asarray(lines, np.int32), tally.dropped, tally.truncated, tally.examples)
+    return tally
 
 
 def fingerprint(tokenizer: Any, cfg: TrainConfig, data_sha: str, data_map: DataMapConfig = NO_MAP) -> str:
@@ -202,38 +204,41 @@ def fingerprint(tokenizer: Any, cfg: TrainConfig, data_sha: str, data_map: DataM
     return h.hexdigest()
 
 
-def _cached(cache: Path, fp: str, build: Callable[[], Tokenized]) -> Tokenized:
-    """The verified cache at `cache` if it has this fingerprint, else build() written there
-    (complete or invisible, with a manifest)."""
+def _cached(cache: Path, fp: str, source: Path, tokenizer: Any, cfg: TrainConfig,
+            data_map: DataMapConfig, name: str = "") -> Tokenized:
+    """The verified cache at `cache` if it has this fingerprint, else `source` tokenized
+    into it, streamed (complete or invisible, with a manifest; worker/tokcache.py)."""
     try:
         man = atomic.verify_manifest(cache)
-        if man.get("fingerprint") == fp:
-            arrays = {k: np.load(cache / f"{k}.npy") for k in ARRAYS}
-            return Tokenized(**arrays, dropped=man["dropped"], truncated=man["truncated"],
+        if man.get("fingerprint") == fp and tokcache.is_cache(cache):
+            return Tokenized(*tokcache.load(cache), dropped=man["dropped"], truncated=man["truncated"],
                              examples=man.get("examples", 0))
-        log.info("%s is for another tokenizer or config; rebuilding", cache.name)
+        log.info("%s is for another tokenizer, config or format; rebuilding", cache.name)
     except atomic.ManifestError:
         pass
-    tok = build()
     tmp = cache.with_name(atomic.TMP_PREFIX + cache.name)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for k in ARRAYS:
-        np.save(tmp / f"{k}.npy", getattr(tok, k))
-    atomic.write_manifest(tmp, {"fingerprint": fp, "dropped": tok.dropped, "truncated": tok.truncated,
-                                "examples": tok.examples, "sequences": len(tok),
-                                "tokens": int(tok.offsets[-1])})
+    writer = TokenWriter(tmp)
+    try:
+        tally = _tokenize_into(writer, source, tokenizer, cfg, data_map, name)
+        arrays = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    atomic.write_manifest(tmp, {"fingerprint": fp, "dropped": tally.dropped, "truncated": tally.truncated,
+                                "examples": tally.examples, "sequences": len(writer),
+                                "tokens": int(arrays[2][-1])})
     shutil.rmtree(cache, ignore_errors=True)
     atomic.rename(tmp, cache)
-    return tok
+    return Tokenized(*tokcache.load(cache), tally.dropped, tally.truncated, tally.examples)
 
 
 def prepare_data(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
                  data_map: DataMapConfig = NO_MAP, name: str = "") -> Tokenized:
     """The job's own examples, tokenized once: by the tokenizing stage while the job waits
     (trainerd.worker.tokenize), else by its first attempt; later attempts load the cache."""
-    return _cached(job_dir / CACHE, fingerprint(tokenizer, cfg, data_sha, data_map),
-                   lambda: tokenize_file(job_dir / DATA, tokenizer, cfg, data_map, name))
+    return _cached(job_dir / CACHE, fingerprint(tokenizer, cfg, data_sha, data_map), job_dir / DATA,
+                   tokenizer, cfg, data_map, name)
 
 
 def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
@@ -245,12 +250,31 @@ def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
         return tok
     drop = cfg.model_copy(update={"overlength": "drop"})
     try:
-        r = _cached(job_dir / REPLAY_CACHE, fingerprint(tokenizer, drop, replay_sha, data_map),
-                    lambda: tokenize_file(replay, tokenizer, drop, data_map))
+        r = _cached(job_dir / REPLAY_CACHE, fingerprint(tokenizer, drop, replay_sha, data_map), replay,
+                    tokenizer, drop, data_map)
     except DataError as e:
         log.warning("replayed examples not used: %s", e)
         return tok
     return with_replay(tok, r)
+
+
+class _Joined:
+    """Two flat token arrays read as one without copying either, so a memory-mapped job
+    cache stays mapped when replayed examples join it. Slices are all JobDataset takes."""
+
+    def __init__(self, a: Any, b: Any):
+        self.a, self.b, self.n = a, b, len(a)
+
+    def __len__(self) -> int:
+        return self.n + len(self.b)
+
+    def __getitem__(self, k: slice) -> np.ndarray:
+        s, e, _ = k.indices(len(self))
+        if e <= self.n:
+            return np.asarray(self.a[s:e])
+        if s >= self.n:
+            return np.asarray(self.b[s - self.n:e - self.n])
+        return np.concatenate([self.a[s:], self.b[:e - self.n]])
 
 
 def with_replay(tok: Tokenized, r: Tokenized) -> Tokenized:
@@ -258,7 +282,7 @@ def with_replay(tok: Tokenized, r: Tokenized) -> Tokenized:
     the job's data order then mixes them into the epoch. Over-length replayed examples are
     dropped whatever train.overlength says (not this file's fault). Their `lines` are
     negative: -n is line n of replay.jsonl."""
-    return Tokenized(np.concatenate([tok.input_ids, r.input_ids]), np.concatenate([tok.trainable, r.trainable]),
+    return Tokenized(_Joined(tok.input_ids, r.input_ids), _Joined(tok.trainable, r.trainable),  # type: ignore[arg-type]
                      np.concatenate([tok.offsets, r.offsets[1:] + tok.offsets[-1]]),
                      np.concatenate([tok.lines, -r.lines]), tok.dropped, tok.truncated, tok.examples + r.examples)
 
