@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -96,14 +94,19 @@ def init(
 def run(
     base_dir: Path = BaseDir,
     once: bool = typer.Option(False, "--once", "--exit-when-idle", help="exit when the queue is empty"),
-    log_format: str = typer.Option("text", help="text or json"),
+    log_format: str = typer.Option("text", help="text or json (json records carry job_id, attempt, version)"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run the daemon in the foreground (systemd runs it like this)."""
+    from trainerd import oplog
     from trainerd.lock import AlreadyRunning
     from trainerd.supervisor import run_daemon
 
-    _setup_logging(_layout(base_dir), log_format, verbose)
+    layout = _layout(base_dir)
+    try:
+        oplog.setup(layout.logs, log_format, verbose)
+    except oplog.LogFormatError as e:
+        _fail(str(e), 2)
     try:
         code = run_daemon(base_dir, once=once)
     except ConfigError as e:
@@ -111,24 +114,6 @@ def run(
     except AlreadyRunning as e:
         _fail(str(e), 3)
     raise typer.Exit(code)
-
-
-def _setup_logging(layout: Layout, fmt: str, verbose: bool) -> None:
-    class Json(logging.Formatter):
-        def format(self, r: logging.LogRecord) -> str:
-            d = {"ts": r.created, "level": r.levelname, "logger": r.name, "msg": r.getMessage()}
-            if r.exc_info:
-                d["exc"] = self.formatException(r.exc_info)
-            return json.dumps(d)
-
-    fmt_obj = Json() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    layout.logs.mkdir(parents=True, exist_ok=True)
-    handlers.append(logging.FileHandler(layout.logs / "trainerd.log"))
-    for h in handlers:
-        h.setFormatter(fmt_obj)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True)
 
 
 @app.command()

@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -48,12 +48,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
 
-from trainerd import __version__, atomic, control, lock, status
+from trainerd import __version__, atomic, control, status
 from trainerd.config import DataMapConfig, QueueConfig, ServerConfig
 from trainerd.control import Desired
 from trainerd.jobs import (
@@ -66,7 +63,7 @@ from trainerd.jobs import (
     JobState,
     Priority,
 )
-from trainerd.paths import PRIORITIES, Layout
+from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue, QueueError
 from trainerd.validate import TRAINED_SUFFIXES
 
@@ -112,10 +109,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
-# The supervisor's states (run/status.json "state"), for a state-set metric; an unknown
-# one is reported too.
-DAEMON_STATES = ("starting", "idle", "training", "paused", "paused_disk", "stopped")
-
 
 # --------------------------------------------------------------------------- small helpers
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -591,134 +584,6 @@ class App:
         return 422, {"id": ref.id, "state": ref.state.value, "error": err.get("reason"),
                      "errors": err.get("errors", []), "error_count": err.get("error_count")}
 
-    # ----------------------------------------------------------------- /metrics
-    def job_facts(self, refs: list[JobRef]) -> tuple[int, int]:
-        """(attempts over all jobs, examples_done over done jobs), from job.json files,
-        each parsed again only when it changes (a scrape must stay cheap with many jobs)."""
-        attempts = examples = 0
-        seen: set[str] = set()
-        for ref in refs:
-            key = _stat_key(ref.path / JOB_JSON)
-            if key is None:
-                continue
-            with self._lock:
-                hit = self._facts.get(ref.id)
-            if hit is None or hit[0] != key:
-                try:
-                    meta = JobMeta.load(ref.path)
-                except (OSError, ValueError):
-                    continue
-                hit = (key, len(meta.attempts), meta.examples_done)
-                with self._lock:
-                    self._facts[ref.id] = hit
-            seen.add(ref.id)
-            attempts += hit[1]
-            if ref.state == JobState.DONE:
-                examples += hit[2]
-        with self._lock:
-            for gone in self._facts.keys() - seen:
-                del self._facts[gone]
-        return attempts, examples
-
-
-class TrainerdCollector(Collector):
-    """Prometheus metrics computed from disk at scrape time (no global registry)."""
-
-    def __init__(self, app: App):
-        self.app = app
-
-    def collect(self) -> Iterator[Metric]:
-        app, layout = self.app, self.app.layout
-        now = time.time()
-        age = app.heartbeat_age(now)
-        yield GaugeMetricFamily("trainerd_up", "1 while the supervisor loop's heartbeat is "
-                                f"fresher than {STALE_AFTER_S:g}s, else 0", value=float(age <= STALE_AFTER_S))
-        hb = GaugeMetricFamily("trainerd_heartbeat_age_seconds", "Seconds since the supervisor loop's last heartbeat")
-        if math.isfinite(age):
-            hb.add_metric([], age)
-        yield hb
-        info = InfoMetricFamily("trainerd_build", "trainerd version")
-        info.add_metric([], {"version": __version__})
-        yield info
-
-        daemon_state = GaugeMetricFamily(
-            "trainerd_daemon_state", "The supervisor's state from run/status.json (1 for the current one; "
-            "no sample while no daemon holds the lock)", labels=["state"])
-        live = _read_json(layout.status) if lock.holder(layout.lock) is not None else None
-        if live:
-            current = str(live.get("state"))
-            for st in dict.fromkeys((*DAEMON_STATES, current)):
-                daemon_state.add_metric([st], float(st == current))
-        yield daemon_state
-
-        wish = control.read_wish(layout)
-        desired = GaugeMetricFamily("trainerd_desired_state", "The user's wish (1 for the current one)",
-                                    labels=["state"])
-        for d in Desired:
-            desired.add_metric([d.value], float(wish.state == d))
-        yield desired
-
-        q = app.queue()
-        counts = q.counts()
-        jobs = GaugeMetricFamily("trainerd_jobs", "Jobs per state folder (a directory count); "
-                                 "priority is set for queued jobs only", labels=["state", "priority"])
-        for p in PRIORITIES:
-            jobs.add_metric(["queued", p], counts[f"queued_{p}"])
-        for st in ("active", "done", "failed"):
-            jobs.add_metric([st, ""], counts[st])
-        yield jobs
-        yield CounterMetricFamily("trainerd_jobs_finished", "Jobs in jobs/done/ (a directory count: "
-                                  "removing or requeueing a done job lowers it)", value=counts["done"])
-        yield CounterMetricFamily("trainerd_jobs_failed", "Jobs in jobs/failed/ (a directory count: "
-                                  "removing or requeueing a failed job lowers it)", value=counts["failed"])
-
-        refs = q.list()
-        attempts, examples_done = app.job_facts(refs)
-        active = [r for r in refs if r.state == JobState.ACTIVE]
-        p = (_read_json(active[0].path / PROGRESS_JSON) or {}) if active else {}
-        if active:
-            app.observe_checkpoint(active[0].id, p)
-        yield CounterMetricFamily("trainerd_attempts", "Training attempts recorded in job.json of every "
-                                  "job on disk (a requeue resets a job's attempts)", value=attempts)
-        yield CounterMetricFamily("trainerd_examples_trained", "Examples trained: examples_done of done "
-                                  "jobs plus the active job's progress", value=examples_done + int(p.get("examples_done") or 0))
-
-        def gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc)
-            if _num(value) is not None:
-                g.add_metric([], float(value))
-            return g
-
-        # The active job's gauges have no sample while nothing is active (absent, not 0).
-        aj = InfoMetricFamily("trainerd_active_job", "The job being trained")
-        if active:
-            try:
-                name = JobMeta.load(active[0].path).original_name
-            except (OSError, ValueError):
-                name = ""
-            aj.add_metric([], {"job_id": active[0].id, "name": name})
-        yield aj
-        yield gauge("trainerd_step", "Optimizer step of the active job", p.get("step"))
-        yield gauge("trainerd_max_steps", "Steps in the active job's epoch", p.get("max_steps"))
-        yield gauge("trainerd_loss", "Last logged training loss of the active job", p.get("loss"))
-        yield gauge("trainerd_learning_rate", "Current learning rate of the active job", p.get("lr"))
-        yield gauge("trainerd_tokens_per_second", "Training throughput of the active attempt", p.get("tokens_per_s"))
-        yield gauge("trainerd_active_examples_done", "Examples of the active job trained so far",
-                    p.get("examples_done"))
-        yield gauge("trainerd_active_examples_total", "Examples in the active job", p.get("examples_total"))
-        ckpt_at = _num(p.get("last_checkpoint_at"))
-        yield gauge("trainerd_last_checkpoint_age_seconds", "Seconds since the active job's last checkpoint",
-                    None if ckpt_at is None else max(0.0, now - ckpt_at))
-        yield gauge("trainerd_worker_rss_bytes", "Resident memory of the training worker", p.get("rss_bytes"))
-        yield gauge("trainerd_gpu_memory_bytes", "GPU memory allocated by the worker (absent on CPU)",
-                    p.get("gpu_bytes"))
-        yield from app.ckpt_hist.collect()
-        try:
-            free = float(shutil.disk_usage(layout.base).free)
-        except OSError:
-            free = None
-        yield gauge("trainerd_disk_free_bytes", "Free bytes on the base dir's filesystem", free)
-
 
 # --------------------------------------------------------------------------- HTTP plumbing
 class _Server(ThreadingHTTPServer):
@@ -727,8 +592,9 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, addr: tuple[str, int], app: App):
         self.app = app
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(TrainerdCollector(app))
+        from trainerd.metrics import registry  # imports this module: bound late
+
+        self.registry = registry(app)
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         super().__init__(addr, _Handler)

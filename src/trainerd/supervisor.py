@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from trainerd import atomic, control, guards
+from trainerd import atomic, control, guards, oplog
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.jobs import (
@@ -363,6 +363,8 @@ class Supervisor:
         except Exception as e:
             log.error("SIGHUP: config not reloaded, the running config stays: %s", e)
             return
+        finally:
+            oplog.reopen()  # after logrotate moved the file away (the config aside)
         restart_keys = [k for k in ("base_model",) if getattr(new, k) != getattr(self.cfg, k)]
         self.cfg = new
         self.queue.cfg = new.queue
@@ -403,7 +405,8 @@ class Supervisor:
         except OSError as e:  # the pid is for people; the attempt itself is already on disk
             log.warning("%s: worker pid not written to job.json (%s)", ref.id, e.strerror or e)
         log.info("%s: attempt %d started (%s pid %d)", ref.id, attempt,
-                 f"torchrun group of {self.cfg.train.nproc}" if group else "worker", proc.pid)
+                 f"torchrun group of {self.cfg.train.nproc}" if group else "worker", proc.pid,
+                 extra={"attempt": attempt})
 
     def _published(self, ref: JobRef) -> bool:
         """Is this job already in the current model version (the worker's own retry check)?"""
@@ -471,11 +474,13 @@ class Supervisor:
         # the same exit status and records it then: an attempt is never left open.
         self.running = None
         self._absorb_progress(r, meta)
-        log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said))
+        log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said),
+                 extra={"attempt": r.attempt})
 
         if outcome == Outcome.FINISHED:
             if r.skip is not None:
                 control.clear_skip(self.layout)  # it finished first; the skip has no target left
+            self._record_publish(r, meta)
             self.queue.finish(r.ref)
             return
         if r.skip is not None:
@@ -513,6 +518,21 @@ class Supervisor:
             log.warning("%s: attempt failed (%s); retry %d/%d in %.0fs", r.ref.id, error,
                         failed, self.cfg.queue.max_attempts - 1, delay)
             self.queue.release(r.ref, meta, time.time() + delay)
+
+    def _record_publish(self, r: Running, meta: JobMeta) -> None:
+        """The publish line in the log and the ledger's `trained` event: what the /metrics
+        counters and the duration histogram sum, kept after the job is removed."""
+        from trainerd.metrics import TRAINED_EVENT, trained_event
+        from trainerd.worker.models import published_version  # torch-free at import
+
+        try:
+            version = published_version(self.layout, self.cfg, meta)
+        except Exception:  # a broken current version: the line says "?"
+            version = None
+        facts = trained_event(meta, version)
+        self._event(TRAINED_EVENT, r.ref.id, **facts)
+        line = oplog.publish_line(r.ref.id, meta.original_name, facts, oplog.final_probe(r.ref.path, r.attempt))
+        log.info("%s", line, extra={"job_id": r.ref.id, "attempt": r.attempt, "version": version})
 
     def _oom_fallback(self, ref: JobRef, meta: JobMeta, error: str | None) -> None:
         """Out of memory: same effective batch in smaller micro-batches, from the last

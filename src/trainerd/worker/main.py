@@ -138,7 +138,7 @@ def _attempt(job_dir: Path, layout: Layout, stop: StopFlag) -> int:
         try:
             return int(run_job(job_dir, layout, stop))
         except DataError as e:
-            log.error("data error: %s", e)
+            log.warning("data error: %s", e)  # the file's fault, not trainerd's: not an ERROR
             _report(job_dir, "data_error", str(e))
             return int(ExitCode.DATA_ERROR)
         except NonFiniteLoss as e:
