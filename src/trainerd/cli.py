@@ -265,13 +265,25 @@ def _token_verdicts(layout: Layout, reports: list) -> None:
 @app.command("systemd-unit")
 def systemd_unit(
     base_dir: Path = BaseDir,
-    user: str | None = typer.Option(None, help="User= line for the unit"),
+    user: str | None = typer.Option(None, help="User= (default: you; required as root, or --as-root)"),
+    group: str | None = typer.Option(None, help="Group= (default: the user's primary group)"),
+    as_root: bool = typer.Option(False, "--as-root", help="run the daemon as root, on purpose"),
+    user_unit: bool = typer.Option(False, "--user-unit", help="a unit for `systemctl --user` (no User=)"),
+    gpu: bool | None = typer.Option(None, "--gpu/--no-gpu", help="allow NVIDIA devices (default: when "
+                                    "/dev/nvidiactl exists)"),
     stop_timeout: int = typer.Option(900, help="TimeoutStopSec: long enough for a checkpoint"),
+    start_timeout: int = typer.Option(900, help="TimeoutStartSec: long enough for recovery"),
 ) -> None:
-    """Print a systemd unit (Type=notify, watchdog, warm stop on SIGTERM) for this base dir."""
-    from trainerd.systemd import unit
+    """Print a hardened systemd unit (Type=notify, watchdog, warm stop on SIGTERM) for this base dir."""
+    from trainerd.systemd import UnitError, UnitSpec, resolve_user, unit
 
-    print(unit(_layout(base_dir).base, user, stop_timeout), end="")
+    layout = _layout(base_dir)
+    try:
+        u, g = resolve_user(user, group, as_root, user_unit)
+    except UnitError as e:
+        _fail(str(e), 2)
+    has_gpu = os.path.exists("/dev/nvidiactl") if gpu is None else gpu
+    print(unit(UnitSpec(layout.base, u, g, user_unit, stop_timeout, start_timeout, gpu=has_gpu)), end="")
 
 
 # ------------------------------------------------------------------ control
