@@ -409,11 +409,19 @@ def queue_list(
 @queue_app.command("show")
 def queue_show(job_id: str, base_dir: Path = BaseDir) -> None:
     """Everything about one job: metadata, attempts, error."""
+    from trainerd import oplog
+    from trainerd.jobs import WORKER_LOG
     from trainerd.status import job_summary
 
     q = _queue(base_dir)
     ref = _queue_call(q.find, job_id)
-    out.print_json(json.dumps({"summary": job_summary(ref), "job": ref.meta().model_dump(mode="json")}, default=str))
+    log_path = ref.path / WORKER_LOG
+    out.print_json(json.dumps({"summary": job_summary(ref), "job": ref.meta().model_dump(mode="json"),
+                               "worker_log": str(log_path) if log_path.exists() else None}, default=str))
+    last = oplog.tail(log_path) if log_path.exists() else None
+    if last is not None:  # on stderr: stdout stays one JSON document
+        err.print(f"--- {log_path} (last lines) ---", highlight=False)
+        err.print(escape(last), highlight=False)
 
 
 @queue_app.command("move")

@@ -120,6 +120,17 @@ def publish_line(job_id: str, name: str, facts: dict[str, Any], probe: dict[str,
     return f"published {facts.get('version') or '?'} from {name} ({job_id}): " + "; ".join(parts)
 
 
+def tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str | None:
+    """The last `lines` lines of a log file (reading at most its last max_bytes), or None."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
+            data = f.read()
+    except OSError:
+        return None
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
 def final_probe(job_dir: Path, attempt: int | None = None) -> dict[str, Any] | None:
     """The job's end-of-job probe eval from its evals.jsonl (the worker's last row)."""
     from trainerd.jobs import EVALS

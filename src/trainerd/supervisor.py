@@ -252,7 +252,8 @@ class Supervisor:
                 control.set_wish(self.layout, Desired.RUNNING, "trainerd run")
                 control.consume_stop_file(self.layout)
             elif wish.state == Desired.PAUSED:
-                log.warning("starting paused (%s); `trainerd resume` to train", wish.reason or "paused by user")
+                # The user's own wish, kept across restarts: news, not a problem.
+                log.info("starting paused (%s); `trainerd resume` to train", wish.reason or "paused by user")
             for note in self.queue.recover():
                 log.warning("recovery: %s", note)
             return True

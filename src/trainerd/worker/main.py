@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_library_warnings()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -126,6 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         atomic.write_json(job_dir / WORKER_OUTCOME, {"exit": code, "at": time.time()})
     return code
+
+
+def quiet_library_warnings() -> None:
+    """Libraries' FutureWarnings (a deprecated argument name inside transformers, say) say
+    nothing to the person reading worker.log and drown what does (trainerd raises none).
+    Set once, here, before any library is imported: every rank of a group runs this too."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _attempt(job_dir: Path, layout: Layout, stop: StopFlag) -> int:
