@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import chat_rows, make_base, tool, write_jsonl
-from trainerd import atomic, metrics
+from trainerd import atomic, history, metrics
 from trainerd.config import QueueConfig, ServerConfig
 from trainerd.jobs import Attempt, JobMeta, Outcome, Priority
 from trainerd.ledger import Ledger
@@ -55,7 +55,7 @@ def train_one(q: Queue, ledger: Ledger, tmp: Path, name: str, dropped: int = 0, 
     q.record_attempt_start(ref, os.getpid(), Priority.NORMAL)
     meta = q.record_attempt_end(ref, Outcome.FINISHED, 0, None)
     meta.examples_done, meta.dropped, meta.truncated = 4, dropped, truncated
-    ledger.event(metrics.TRAINED_EVENT, ref.id, **metrics.trained_event(meta, None))
+    ledger.event(history.TRAINED_EVENT, ref.id, **history.trained_event(meta, None))
     q.finish(ref)
     return ref.id
 
@@ -141,6 +141,6 @@ def test_trained_event_sums_attempts():
     meta = JobMeta(id="j", original_name="a.jsonl", sha256="0", size=1, examples=3,
                    attempts=[Attempt(number=1, started_at=10.0, ended_at=25.0),
                              Attempt(number=2, started_at=30.0, ended_at=40.0)])
-    facts = metrics.trained_event(meta, "v0003")
+    facts = history.trained_event(meta, "v0003")
     assert facts["train_seconds"] == 25.0 and facts["version"] == "v0003"
     assert json.dumps(facts)

@@ -165,7 +165,8 @@ def test_status_jobs_and_models(server, layout, tmp_path):
     assert s["health"]["ok"] is True
 
     all_jobs = get_json(server.url + "api/jobs")
-    assert all_jobs["total"] == 3 and all_jobs["jobs"][0]["id"] == bad.id  # newest first
+    # What will train, in claim order (high first), then what finished, newest finish first.
+    assert all_jobs["total"] == 3 and [j["id"] for j in all_jobs["jobs"]] == [high.id, good.id, bad.id]
     failed = get_json(server.url + "api/jobs?state=failed")["jobs"]
     assert [j["id"] for j in failed] == [bad.id]
     assert call(server.url + "api/jobs?state=bogus")[0] == 400

@@ -477,11 +477,16 @@ def _record(layout: Layout, kind: str, **data: Any) -> None:
 
 
 @models_app.command("list")
-def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "--json")) -> None:
+def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "--json"),
+                limit: int = typer.Option(30, "--limit", "-n", min=1, help="the newest N versions (and the current)"),
+                show_all: bool = typer.Option(False, "--all", help="every version")) -> None:
     """Model versions, oldest first; * marks the current one, ! a damaged one."""
     from trainerd.lifecycle import list_versions
+    from trainerd.worker.models import versions as version_names
 
-    versions = list_versions(_layout(base_dir))
+    layout = _layout(base_dir)
+    versions = list_versions(layout, None if show_all else limit)
+    hidden = 0 if show_all else max(0, len(version_names(layout)) - len(versions))
     if as_json:
         out.print_json(json.dumps([v.to_dict() for v in versions], default=str))
         return
@@ -494,6 +499,8 @@ def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "-
                   ", ".join(j.get("name", j.get("id", "?")) for j in v.jobs), _bytes(v.bytes),
                   _ago(v.created_at))
     out.print(t)
+    if hidden and not as_json:
+        out.print(f"({hidden} older version(s) not shown; --all or --limit N)")
     if not any(v.current for v in versions):
         out.print("current: base (no job has finished yet, or rolled back to base)")
     for v in versions:

@@ -34,9 +34,11 @@ from prometheus_client.samples import Sample
 
 from trainerd import __version__, atomic, control, lock
 from trainerd.control import Desired
+from trainerd.history import TRAINED_EVENT
 from trainerd.jobs import PROGRESS_JSON, JobMeta, JobState
 from trainerd.ledger import open_ro
 from trainerd.paths import PRIORITIES, Layout
+from trainerd.worker.models import _version_number  # torch-free at import
 
 if TYPE_CHECKING:
     from trainerd.server import App
@@ -49,7 +51,6 @@ DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0
 # issue 14's stall detection ends an attempt with this outcome; a string, not an enum
 # member, so this module does not depend on which Outcome members exist.
 STALLED = "stalled"
-TRAINED_EVENT = "trained"  # the supervisor's record of a finished job (trainerd.oplog)
 
 
 def registry(app: App) -> CollectorRegistry:
@@ -87,10 +88,7 @@ def gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
 
 
 def version_number(name: str | None) -> int | None:
-    """v0012 -> 12; any number of digits (v10000 follows v9999)."""
-    if name and name[:1] == "v" and name[1:].isdigit():
-        return int(name[1:])
-    return None
+    return _version_number(name) if name else None
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -309,15 +307,4 @@ class TrainerdCollector(Collector):
         yield gauge("trainerd_gpu_memory_bytes", "GPU memory allocated by the worker (absent on CPU)",
                     p.get("gpu_bytes"))
         yield from app.ckpt_hist.collect()
-
-
-def trained_event(meta: JobMeta, version: str | None) -> dict[str, Any]:
-    """The data of the ledger's `trained` event for a finished job: what the counters and
-    the duration histogram sum, recorded once, so removing the job later changes nothing."""
-    ended = [a for a in meta.attempts if a.ended_at is not None]
-    return {"examples_done": meta.examples_done, "dropped": meta.dropped, "truncated": meta.truncated,
-            "sequences": meta.sequences, "tokens": meta.tokens, "steps": meta.steps_done,
-            "train_seconds": sum(a.ended_at - a.started_at for a in ended if a.ended_at),
-            "first_loss": meta.first_loss, "last_loss": meta.last_loss, "version": version,
-            "name": meta.original_name}
 

@@ -50,7 +50,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from trainerd import __version__, atomic, control, status
+from trainerd import __version__, atomic, control, history, status
 from trainerd.config import DataMapConfig, QueueConfig, ServerConfig
 from trainerd.control import Desired
 from trainerd.jobs import (
@@ -282,6 +282,21 @@ def _downsample(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     return [rows[int(i * stride)] for i in range(limit - 1)] + [rows[-1]]
 
 
+def jobs_page(q: Queue, state: str, limit: int, offset: int) -> tuple[list[JobRef], int]:
+    """One page of /api/jobs: active and queued first (in the order they will train), then
+    finished jobs newest finish first (trainerd.history: no job.json is read to order them)."""
+    if state in (JobState.DONE.value, JobState.FAILED.value):
+        page = history.finished(q.layout, (JobState(state),), limit, offset)
+        return page.refs, page.total
+    if state != "all":
+        refs = q.list(JobState(state))
+        return refs[offset:offset + limit], len(refs)
+    unfinished = q.list(JobState.ACTIVE) + q.list(JobState.QUEUED)
+    shown = unfinished[offset:offset + limit]
+    rest = history.finished(q.layout, limit=limit - len(shown), offset=max(0, offset - len(unfinished)))
+    return shown + rest.refs, len(unfinished) + rest.total
+
+
 class HttpError(Exception):
     """An answer other than 200, raised from anywhere in a request; `extra` joins the body."""
 
@@ -438,13 +453,20 @@ class App:
         if state not in ("all", *(s.value for s in JobState)):
             raise HttpError(400, f"state must be all, queued, active, done or failed, not {state!r}")
         try:
-            limit = int(query.get("limit", "200"))
+            limit = int(query.get("limit", "50"))
         except ValueError:
             raise HttpError(400, "limit must be an integer") from None
+        try:
+            offset = max(0, int(query.get("offset", "0")))
+        except ValueError:
+            raise HttpError(400, "offset must be an integer") from None
         limit = max(1, min(limit, 5000))
-        refs = self.queue().list(None if state == "all" else JobState(state))
-        refs.sort(key=lambda r: r.id, reverse=True)  # ids sort by arrival: newest first
-        return {"state": state, "total": len(refs), "jobs": [self.summary(r) for r in refs[:limit]]}
+        refs, total = jobs_page(self.queue(), state, limit, offset)
+        out = [self.summary(r) for r in refs]
+        made = history.produced_versions(self.layout, [r.id for r in refs if r.state == JobState.DONE])
+        for s in out:
+            s["version"] = made.get(s["id"])
+        return {"state": state, "total": total, "offset": offset, "limit": limit, "jobs": out}
 
     def find(self, job_id: str) -> JobRef:
         if len(job_id) > JOB_ID_MAX or not JOB_ID_RE.fullmatch(job_id):
@@ -525,8 +547,13 @@ class App:
             "latest": rows[-1] if rows else None,
         }
 
-    def models(self) -> dict[str, Any]:
-        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout)}
+    def models(self, query: dict[str, str]) -> dict[str, Any]:
+        """The newest `limit` versions (default 50): months of training make hundreds."""
+        try:
+            limit = max(1, min(int(query.get("limit", "50")), 5000))
+        except ValueError:
+            raise HttpError(400, "limit must be an integer") from None
+        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout, limit)}
 
     # ----------------------------------------------------------------- writes
     def control(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -740,7 +767,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/jobs":
             return self._json(200, app.jobs(query))
         if path == "/api/models":
-            return self._json(200, app.models())
+            return self._json(200, app.models(query))
         if path == "/api/evals":
             return self._json(200, app.evals(query))
         for prefix, fn in (("/api/jobs/", app.job), ("/api/metrics/", None)):

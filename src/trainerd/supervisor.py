@@ -523,7 +523,7 @@ class Supervisor:
     def _record_publish(self, r: Running, meta: JobMeta) -> None:
         """The publish line in the log and the ledger's `trained` event: what the /metrics
         counters and the duration histogram sum, kept after the job is removed."""
-        from trainerd.metrics import TRAINED_EVENT, trained_event
+        from trainerd.history import TRAINED_EVENT, trained_event
         from trainerd.worker.models import published_version  # torch-free at import
 
         try:
