@@ -60,6 +60,9 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(metrics)")}
+        if "grad_norm" not in cols:  # a state.db from before the column: migrate in place
+            self._db.execute("ALTER TABLE metrics ADD COLUMN grad_norm REAL")
 
     def event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
         self._db.execute(
@@ -69,10 +72,11 @@ class Ledger:
 
     def metrics(self, job_id: str, attempt: int, rows: list[dict[str, Any]]) -> None:
         self._db.executemany(
-            "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO metrics (job_id, attempt, step, ts, loss, lr, tokens_per_s, examples_done, "
+            "grad_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (job_id, attempt, r["step"], r.get("ts", time.time()), r.get("loss"), r.get("lr"),
-                 r.get("tokens_per_s"), r.get("examples_done"))
+                 r.get("tokens_per_s"), r.get("examples_done"), r.get("grad_norm"))
                 for r in rows
             ],
         )

@@ -50,7 +50,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from trainerd import __version__, atomic, control, history, status
+from trainerd import __version__, atomic, control, history, status, wishes
 from trainerd.config import DataMapConfig, QueueConfig, ServerConfig
 from trainerd.control import Desired
 from trainerd.jobs import (
@@ -84,7 +84,7 @@ CONTROL_BODY_MAX = 16 * 1024  # {"reason": ...} never needs more
 REASON_MAX = 500
 ETA_WINDOW_STEPS = 50  # the ETA uses the recent step rate, not the attempt's average
 CHART_POINTS_MAX = 20_000
-SERIES_COLS = ("attempt", "step", "ts", "loss", "lr", "tokens_per_s", "examples_done")  # /api/metrics
+SERIES_COLS = ("attempt", "step", "ts", "loss", "lr", "tokens_per_s", "examples_done", "grad_norm")  # /api/metrics
 # /api/evals: one point per probe eval (trainerd.worker.evals), across jobs
 EVAL_SERIES = ("job_id", "attempt", "step", "ts", "final", "loss", "exact_match", "similarity",
                "examples", "generated", "complete", "seconds", "probe_sha")
@@ -102,6 +102,7 @@ CHECKPOINT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 30
 STATIC: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/controls.js": ("controls.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 # The dashboard loads only its own files and talks only to this server.
@@ -185,14 +186,16 @@ def ledger_metrics(db: Path, job_id: str) -> list[dict[str, Any]] | None:
     except sqlite3.Error:
         return None
     try:
-        rows = con.execute(
-            "SELECT attempt, step, ts, loss, lr, tokens_per_s, examples_done FROM metrics "
-            "WHERE job_id = ? ORDER BY attempt, step", (job_id,)).fetchall()
+        cols = {r[1] for r in con.execute("PRAGMA table_info(metrics)")}
+        # grad_norm came later: a state.db the daemon has not opened since has no such column.
+        want = [c for c in SERIES_COLS if c in cols]
+        rows = con.execute(f"SELECT {', '.join(want)} FROM metrics WHERE job_id = ? ORDER BY attempt, step",
+                           (job_id,)).fetchall()
     except sqlite3.Error:
         return None
     finally:
         con.close()
-    return [dict(zip(SERIES_COLS, r, strict=True)) for r in rows]
+    return [{c: None for c in SERIES_COLS} | dict(zip(want, r, strict=True)) for r in rows]
 
 
 class JsonlTail:
@@ -572,6 +575,21 @@ class App:
         wish = control.set_wish(self.layout, state, reason)
         return {"ok": True, "action": action, "desired": wish.state.value, "reason": wish.reason}
 
+    def wish(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A queue or model-line edit, written as a wish (trainerd.wishes): 202, the daemon
+        carries it out; GET /api/control/actions/<id> gives the outcome."""
+        args = {k: body.get(k) for k in ("job_id", "priority", "version") if body.get(k) is not None}
+        job_id = args.get("job_id")
+        if job_id is not None and not (isinstance(job_id, str) and len(job_id) <= JOB_ID_MAX
+                                       and JOB_ID_RE.fullmatch(job_id)):
+            raise HttpError(400, "job_id must be a job id, like 20261123T101500-123456-name")
+        try:
+            w = wishes.request(self.layout, action, **args)
+        except wishes.WishError as e:
+            raise HttpError(400, str(e)) from None
+        return {"ok": True, "action": action, "wish": w["id"], "state": "pending", "args": args,
+                "outcome": f"/api/control/actions/{w['id']}"}
+
     def upload_dir(self) -> Path:
         d = self.layout.run / UPLOADS_DIR
         d.mkdir(parents=True, exist_ok=True)
@@ -774,13 +792,19 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith(prefix) and path.count("/") == 3:
                 job_id = path[len(prefix):]  # raw (not %-decoded): a valid id needs no escaping
                 return self._json(200, fn(job_id) if fn else app.metrics_series(job_id, query))
+        if path.startswith("/api/control/actions/") and path.count("/") == 4:
+            found = wishes.outcome(app.layout, path.rsplit("/", 1)[1])
+            if found is None:
+                raise HttpError(404, "no such wish")
+            return self._json(200, found)
         if path.startswith("/api/control/") or path == "/api/queue":
             raise HttpError(405, "use POST", {"Allow": "POST"})
         raise HttpError(404, "not found")
 
     def _post(self, path: str, query: dict[str, str]) -> None:
         action = path.removeprefix("/api/control/")
-        if not (path == "/api/queue" or (path != action and action in ("pause", "resume", "stop", "skip"))):
+        if not (path == "/api/queue" or (path != action and action in ("pause", "resume", "stop", "skip",
+                                                                      *wishes.ACTIONS))):
             raise HttpError(404, "not found")
         if not self._authorized():
             raise HttpError(401, "missing or wrong token: send 'Authorization: Bearer <BASE/run/token>'")
@@ -797,6 +821,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "body must be JSON, e.g. {\"reason\": \"...\"}") from None
         if not isinstance(body, dict):
             raise HttpError(400, "body must be a JSON object")
+        if action in wishes.ACTIONS:  # queue / model-line edits: a wish the daemon carries out
+            return self._json(202, self.server.app.wish(action, body))
         self._json(200, self.server.app.control(action, body))
 
     def _upload(self, query: dict[str, str]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from trainerd import atomic, control, guards, oplog
+from trainerd import atomic, control, guards, oplog, wishes
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.jobs import (
@@ -318,6 +318,9 @@ class Supervisor:
         if self.queue.ingest(budget_seconds=0.5).more:
             self.wake.set()  # a big drop is taken in slices so signals and heartbeats go on
         self._check_disk()
+        # The dashboard's queue and model-line edits, before a claim: a job just moved to
+        # high, or removed, is claimed (or not) as the user now wants.
+        wishes.carry_out(self.layout, self.queue, self._event)
 
         if self.running is not None:
             self._watch_worker(wish, warm, cold)
