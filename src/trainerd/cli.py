@@ -23,7 +23,8 @@ from trainerd.config import ConfigError, DataMapConfig, QueueConfig, load_config
 from trainerd.jobs import JobState, Priority
 from trainerd.paths import Layout
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# add_completion: --install-completion / --show-completion for bash, zsh, fish, PowerShell.
+app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="Keep a language model learning from files dropped into a folder.")
 queue_app = typer.Typer(no_args_is_help=True, help="Inspect and edit the job queue (safe while the daemon runs).")
 models_app = typer.Typer(no_args_is_help=True, help="Model versions.")
@@ -37,6 +38,20 @@ BaseDir = typer.Option(
     Path(os.environ.get("TRAINERD_BASE_DIR", ".")), "--base-dir", "-b",
     help="trainerd's base directory (env TRAINERD_BASE_DIR)",
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from trainerd import __version__
+
+        out.print(f"trainerd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Keep a language model learning from files dropped into a folder."""
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -66,6 +81,38 @@ def _loss(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+@contextlib.contextmanager
+def _progress(what: str, total: int):
+    """A progress bar on stderr; yields on_step(done, total). Nothing drawn for total 0."""
+    if total <= 0:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    # Not transient: where stderr is a log, not a terminal, the finished bar is printed once.
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
+@contextlib.contextmanager
+def _busy(what: str):
+    """A spinner on a terminal's stderr; one plain line where stderr is a file or a pipe."""
+    if err.is_terminal:
+        with err.status(what):
+            yield
+    else:
+        err.print(what, highlight=False)
+        yield
+
+
 # ------------------------------------------------------------------ setup and daemon
 @app.command()
 def init(
@@ -79,8 +126,9 @@ def init(
     """Create the base dir layout and a commented trainerd.toml."""
     from trainerd.bootstrap import copy_samples, init_base
 
-    info = init_base(base_dir, tiny_model=tiny_model, base_model=base_model,
-                     warm_steps=warm_steps, force=force)
+    with _progress("warming the tiny model", warm_steps if tiny_model else 0) as step:
+        info = init_base(base_dir, tiny_model=tiny_model, base_model=base_model,
+                         warm_steps=warm_steps, force=force, on_step=step)
     out.print(f"base dir: {info['base_dir']}\nconfig:   {info['config']}")
     if "tiny_model" in info:
         t = info["tiny_model"]
@@ -242,10 +290,14 @@ def _token_verdicts(layout: Layout, reports: list) -> None:
 
     from trainerd.jobs import child_env
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainerd.worker.tokenize", "--check", "--base-dir", str(layout.base),
-         *(r.path for r in reports)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env())
+    size = sum(os.path.getsize(r.path) for r in reports if os.path.isfile(r.path))
+    # Loading the model and tokenizing a large file takes a while: say so on stderr.
+    with _busy(f"tokenizing {len(reports)} file(s), {size / 1e6:.1f} MB, with the model "
+               "(token lengths, train.overlength)…"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "trainerd.worker.tokenize", "--check", "--base-dir", str(layout.base),
+             *(r.path for r in reports)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env())
     verdicts = {}
     for line in proc.stdout.splitlines():
         with contextlib.suppress(ValueError):
@@ -347,6 +399,13 @@ def _queue(base_dir: Path):
     return Queue(layout, cfg, on_event=sink, data_map=data_map)
 
 
+def _job(q: Any, text: str) -> str:
+    """ID as the user typed it: a full id, a unique prefix, or the original file name."""
+    from trainerd.lookup import resolve
+
+    return _queue_call(resolve, q, text)
+
+
 def _queue_call(fn, *args: Any, **kw: Any) -> Any:
     from trainerd.queue import QueueError
 
@@ -398,7 +457,9 @@ def queue_list(
         out.print_json(json.dumps(rows, default=str))
         return
     t = Table()
-    for col in ("id", "name", "state", "priority", "examples", "attempts", "age"):
+    # Full ids, never cut: what is shown here is what show/move/remove accept.
+    t.add_column("id", no_wrap=True, overflow="fold", min_width=len(rows[0]["id"]) if rows else None)
+    for col in ("name", "state", "priority", "examples", "attempts", "age"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["id"], r.get("name", "?"), r["state"], r.get("priority", "-"), str(r.get("examples", "")),
@@ -414,7 +475,7 @@ def queue_show(job_id: str, base_dir: Path = BaseDir) -> None:
     from trainerd.status import job_summary
 
     q = _queue(base_dir)
-    ref = _queue_call(q.find, job_id)
+    ref = _queue_call(q.find, _job(q, job_id))
     log_path = ref.path / WORKER_LOG
     out.print_json(json.dumps({"summary": job_summary(ref), "job": ref.meta().model_dump(mode="json"),
                                "worker_log": str(log_path) if log_path.exists() else None}, default=str))
@@ -427,15 +488,18 @@ def queue_show(job_id: str, base_dir: Path = BaseDir) -> None:
 @queue_app.command("move")
 def queue_move(job_id: str, priority: Priority = typer.Option(..., "--priority", "-p"),
                base_dir: Path = BaseDir) -> None:
-    """Change a queued job's priority."""
-    ref = _queue_call(_queue(base_dir).move, job_id, priority)
+    """Change a queued job's priority (ID: an id, a unique id prefix, or the file name)."""
+    q = _queue(base_dir)
+    ref = _queue_call(q.move, _job(q, job_id), priority)
     out.print(f"{ref.id} -> {priority.value}")
 
 
 @queue_app.command("remove")
 def queue_remove(job_id: str, base_dir: Path = BaseDir) -> None:
     """Delete a job that is not active (its data file goes with it)."""
-    _queue_call(_queue(base_dir).remove, job_id)
+    q = _queue(base_dir)
+    job_id = _job(q, job_id)
+    _queue_call(q.remove, job_id)
     out.print(f"removed {job_id}")
 
 
@@ -443,7 +507,8 @@ def queue_remove(job_id: str, base_dir: Path = BaseDir) -> None:
 def queue_requeue(job_id: str, priority: Priority | None = typer.Option(None, "--priority", "-p"),
                   base_dir: Path = BaseDir) -> None:
     """Queue a failed or done job again (attempts reset; the history is kept)."""
-    ref = _queue_call(_queue(base_dir).requeue, job_id, priority)
+    q = _queue(base_dir)
+    ref = _queue_call(q.requeue, _job(q, job_id), priority)
     out.print(f"requeued {ref.id} ({ref.priority.value if ref.priority else ''})")
 
 
@@ -575,7 +640,7 @@ def gc(
     dry_run: bool = typer.Option(False, "--dry-run", help="only list what would be deleted"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Apply [retention]: old versions, snapshots, done jobs' data. Never the current
+    """Apply \\[retention]: old versions, snapshots, done jobs' data. Never the current
     version, its chain back to the last full version, or what a snapshot needs."""
     from trainerd.lifecycle import gc as collect
 
