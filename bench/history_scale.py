@@ -3,16 +3,18 @@
     .venv/bin/python bench/history_scale.py                  # 10,000 done jobs, 500 versions
     .venv/bin/python bench/history_scale.py --jobs 2000 --versions 100 --repeat 5
 
-Builds two base dirs synthetically (no training): one with 1 finished job and 1 version,
-one with --jobs finished jobs and --versions versions, each with the job.json, ledger
-events (state.db) and manifests the daemon would have written. Finish order differs from
+Builds three base dirs synthetically (no training): 1 finished job and 1 version (the
+baseline), 100 jobs and 60 versions (every page as full as in the large one), and --jobs
+finished jobs with --versions versions; each with the job.json, ledger events (state.db)
+and manifests the daemon would have written. Finish order differs from
 arrival order on purpose (every 7th job finishes late), as after requeues.
 
 Then, for each base dir, the median of --repeat runs of:
 - `trainerd status` and `trainerd models list` (real processes: what a person waits for),
 - GET /api/status, /api/jobs (default page), /api/jobs?state=done&limit=25, /api/models
   from the real HTTP server (start_server), first request excluded (cold caches).
-Printed: seconds for the small and the large base dir, and the ratio (goal: <= 2).
+Printed: seconds for each base dir, and the large one's ratio to the 1-job baseline (goal
+for status: <= 2) and to the full-page one (a list costs its page, not the history).
 """
 
 from __future__ import annotations
@@ -68,15 +70,19 @@ def build(base: Path, jobs: int, versions: int) -> Path:
         con.executemany("INSERT INTO events (ts, job_id, kind, data) VALUES (?, ?, ?, ?)",
                         sorted(events, key=lambda e: e[0]))  # ids in time order, as the daemon writes
     con.close()
+    import hashlib
+
+    weights = b"x" * 64
+    sha = hashlib.sha256(weights).hexdigest()
     for n in range(1, versions + 1):
         name = f"v{n:04d}"
         d = layout.models / name
         d.mkdir(parents=True)
-        (d / "adapter_model.safetensors").write_bytes(b"x" * 64)
+        (d / "adapter_model.safetensors").write_bytes(weights)
         atomic.write_json(d / atomic.MANIFEST, {
             "version": name, "kind": "adapter", "parent": f"v{n - 1:04d}" if n > 1 else "base",
             "base": "unused-model", "created_at": T0 + n * 3600, "jobs": [{"id": f"job{n}", "name": f"file{n}"}],
-            "files": {"adapter_model.safetensors": {"size": 64, "sha256": "0" * 64}}}, sync=False)
+            "files": {"adapter_model.safetensors": {"size": len(weights), "sha256": sha}}}, sync=False)
     if versions:
         os.symlink(f"v{versions:04d}", layout.current_model)
     return base
@@ -118,16 +124,20 @@ def main() -> None:
     ap.add_argument("--versions", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
+    # Three base dirs: 1 job (the baseline the goal names), a full page (100 jobs, 60
+    # versions: every list shows as many rows as in the large one), and the large one.
+    sizes = {"1 job": (1, 1), "1 page": (100, 60), f"{args.jobs} jobs": (args.jobs, args.versions)}
     with tempfile.TemporaryDirectory(prefix="trainerd-history-") as tmp:
         t = time.perf_counter()
-        small = build(Path(tmp) / "small", 1, 1)
-        large = build(Path(tmp) / "large", args.jobs, args.versions)
-        print(f"built: 1 job / 1 version, and {args.jobs} jobs / {args.versions} versions "
-              f"in {time.perf_counter() - t:.1f}s")
-        a, b = measure(small, args.repeat), measure(large, args.repeat)
-    print(f"{'what':32} {'1 job':>9} {f'{args.jobs} jobs':>11} {'ratio':>6}")
-    for k in a:
-        print(f"{k:32} {a[k]:9.4f} {b[k]:11.4f} {b[k] / a[k]:6.2f}")
+        bases = {k: build(Path(tmp) / f"b{i}", *v) for i, (k, v) in enumerate(sizes.items())}
+        print(f"built {', '.join(f'{k} ({v[1]} versions)' for k, v in sizes.items())} in "
+              f"{time.perf_counter() - t:.1f}s")
+        got = {k: measure(b, args.repeat) for k, b in bases.items()}
+    one, page, large = got.values()
+    print(f"{'what':34} {'1 job':>8} {'1 page':>8} {list(sizes)[2]:>11} {'/1 job':>7} {'/1 page':>8}")
+    for k in one:
+        print(f"{k:34} {one[k]:8.4f} {page[k]:8.4f} {large[k]:11.4f} {large[k] / one[k]:7.2f} "
+              f"{large[k] / page[k]:8.2f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -152,3 +153,22 @@ def test_a_rolled_back_current_is_listed_however_old(tmp_path):
     layout = Layout.at(build(tmp_path / "b", 0, 10))
     lifecycle.rollback(layout, "v0002")
     assert [v.name for v in lifecycle.list_versions(layout, 3)] == ["v0002", "v0008", "v0009", "v0010"]
+
+
+def test_dircache_sees_every_change_and_lists_only_then(tmp_path, monkeypatch):
+    from trainerd import dircache
+
+    d = tmp_path / "done"
+    d.mkdir()
+    (d / "a").mkdir()
+    (d / ".hidden").mkdir()
+    assert dircache.entries(d) == {"a"}
+    listed = []
+    real = dircache.os.listdir
+    monkeypatch.setattr(dircache.os, "listdir", lambda p: listed.append(p) or real(p))
+    assert dircache.entries(d) == {"a"} and listed == []  # unchanged: a stat, no listing
+    (tmp_path / "b").mkdir()
+    os.rename(tmp_path / "b", d / "b")  # a job arriving in done/
+    assert dircache.entries(d) == {"a", "b"} and len(listed) == 1
+    os.rename(d / "a", tmp_path / "a")  # a requeue taking one out
+    assert dircache.entries(d) == {"b"}

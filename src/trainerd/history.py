@@ -13,12 +13,13 @@ arrival first: the best order available without opening every job.json.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from trainerd import dircache
 from trainerd.jobs import JobMeta, JobState
 from trainerd.ledger import open_ro
 from trainerd.paths import Layout
@@ -38,10 +39,13 @@ class Page:
     total: int  # jobs in the folders asked for
 
 
-def _names(layout: Layout, state: JobState) -> set[str]:
-    folder = layout.done if state == JobState.DONE else layout.failed
+def _folder(layout: Layout, state: JobState) -> Path:
+    return layout.done if state == JobState.DONE else layout.failed
+
+
+def _names(folder: Path) -> set[str]:
     try:
-        return {n for n in os.listdir(folder) if not n.startswith(".")}
+        return set(dircache.entries(folder))
     except FileNotFoundError:
         return set()
 
@@ -64,7 +68,8 @@ def _events_newest_first(con: sqlite3.Connection, kinds: tuple[str, ...]) -> Ite
 def finished(layout: Layout, states: tuple[JobState, ...] = (JobState.DONE, JobState.FAILED),
              limit: int | None = None, offset: int = 0) -> Page:
     """Jobs in done/ and/or failed/, newest finish first, `offset` skipped, at most `limit`."""
-    names = {st: _names(layout, st) for st in states}
+    folders = {st: _folder(layout, st) for st in states}
+    names = {st: _names(folders[st]) for st in states}
     state_of = {kind: st for st in states for kind in FINISH_KINDS[st]}
     want = None if limit is None else offset + limit
     ordered: list[JobRef] = []
@@ -77,7 +82,7 @@ def finished(layout: Layout, states: tuple[JobState, ...] = (JobState.DONE, JobS
                 if job_id in seen or job_id not in names[st]:
                     continue  # finished again later, or no longer there (removed, requeued)
                 seen.add(job_id)
-                ordered.append(_ref(layout, st, job_id))
+                ordered.append(JobRef(job_id, st, folders[st] / job_id))
                 if want is not None and len(ordered) >= want:
                     break
         except sqlite3.Error:
@@ -86,14 +91,9 @@ def finished(layout: Layout, states: tuple[JobState, ...] = (JobState.DONE, JobS
             con.close()
     if want is None or len(ordered) < want:
         rest = sorted(((n, st) for st in states for n in names[st] if n not in seen), reverse=True)
-        ordered += [_ref(layout, st, n) for n, st in rest[: None if want is None else want - len(ordered)]]
+        ordered += [JobRef(n, st, folders[st] / n) for n, st in rest[: None if want is None else want - len(ordered)]]
     end = None if limit is None else offset + limit
     return Page(ordered[offset:end], sum(len(v) for v in names.values()))
-
-
-def _ref(layout: Layout, state: JobState, job_id: str) -> JobRef:
-    folder = layout.done if state == JobState.DONE else layout.failed
-    return JobRef(job_id, state, folder / job_id)
 
 
 def produced_versions(layout: Layout, job_ids: list[str]) -> dict[str, str]:

@@ -118,7 +118,7 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
         "desired": {"state": wish.state.value, "reason": wish.reason},
         "queue": q.counts(),
         "active": [job_summary(r) for r in listed(JobState.ACTIVE)],
-        "queued": [job_summary(r) for r in listed(JobState.QUEUED)][:recent],
+        "queued": [job_summary(r) for r in listed(JobState.QUEUED)[:recent]],  # read only those shown
         "done": [job_summary(r) for r in done],
         "failed": [job_summary(r) for r in failed],
         "model": current_model(layout),

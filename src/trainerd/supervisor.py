@@ -511,6 +511,8 @@ class Supervisor:
                 log.warning("%s: %s; retrying once from the last good checkpoint", r.ref.id, error)
             return
         if outcome == Outcome.DATA_ERROR:
+            # The file's fault, not the daemon's: a WARNING someone should read, not an ERROR.
+            log.warning("%s: data error, sent to failed/: %s", r.ref.id, error)
             self.queue.fail(r.ref, error or "data error", stage="training", attempts=len(meta.attempts))
             return
         failed = meta.failed_attempts
