@@ -74,3 +74,16 @@ def test_a_refused_wish_says_why_and_the_rest_go_on(layout, tmp_path):
     assert wishes.pending(layout) == []
     with pytest.raises(wishes.WishError):
         wishes.request(layout, "explode", job_id=ref.id)
+
+
+def test_an_unexpected_error_is_answered_once_not_retried_forever(layout, monkeypatch):
+    q = Queue(layout, QueueConfig())
+    w = wishes.request(layout, "remove", job_id="20260101T000000-000000-x")
+
+    def broken(job_id: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(q, "remove", broken)
+    assert wishes.carry_out(layout, q) == 1
+    assert "Input/output error" in wishes.outcome(layout, w["id"])["error"]
+    assert wishes.carry_out(layout, q) == 0

@@ -123,6 +123,9 @@ def carry_out(layout: Layout, queue: Any, on_event: Callable[..., None] | None =
         except (QueueError, LifecycleError, WishError, KeyError, ValueError) as e:
             result.update(state="failed", error=str(e))
             log.warning("dashboard: %s %s refused: %s", action, args.get("job_id") or args.get("version"), e)
+        except Exception as e:  # e.g. an OSError: answered once, never retried every tick
+            result.update(state="failed", error=f"{type(e).__name__}: {e}")
+            log.exception("dashboard: %s %s failed", action, args.get("job_id") or args.get("version"))
         result["done_at"] = time.time()
         _done_dir(layout).mkdir(parents=True, exist_ok=True)
         atomic.write_json(_done_dir(layout) / path.name, result)
