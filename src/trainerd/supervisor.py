@@ -93,6 +93,11 @@ class Running:
     skip: control.Skip | None = None
     group: bool = False  # a torchrun group (worker/launch.py): proc is the agent
 
+    @property
+    def log_ctx(self) -> dict[str, int]:
+        """extra= for log records about this attempt (JSON logs carry it; trainerd.oplog)."""
+        return {"attempt": self.attempt}
+
     def signal(self, sig: int) -> None:
         """A warm stop goes to the ranks themselves: torchrun would give them only 30 s
         to finish after being signalled, less than a big checkpoint may need. While the
@@ -441,16 +446,16 @@ class Supervisor:
                    "disk low" if self.disk_pause else
                    "skip" if r.skip else None)
             if cold:
-                log.warning("%s: second signal, killing the worker (cold stop)", r.ref.id)
+                log.warning("%s: second signal, killing the worker (cold stop)", r.ref.id, extra=r.log_ctx)
                 r.proc.kill()
                 r.stop_reason = "cold stop"
             elif why and r.stop_sent_at is None:
-                log.info("%s: asking the worker to checkpoint and stop (%s)", r.ref.id, why)
+                log.info("%s: asking the worker to checkpoint and stop (%s)", r.ref.id, why, extra=r.log_ctx)
                 r.signal(signal.SIGTERM)
                 r.stop_sent_at, r.stop_reason = time.monotonic(), why
             elif r.stop_sent_at and time.monotonic() - r.stop_sent_at > self.cfg.daemon.stop_grace_seconds:
                 log.error("%s: worker did not stop within %.0fs; killing it", r.ref.id,
-                          self.cfg.daemon.stop_grace_seconds)
+                          self.cfg.daemon.stop_grace_seconds, extra=r.log_ctx)
                 r.proc.kill()
             return
         self._attempt_ended(r, rc)
@@ -471,7 +476,7 @@ class Supervisor:
             # The worker published, then died on its way out (a stop or skip signal landing
             # during its exit, a kill): the job is in the model line, so it is done. Failing
             # it (a skip) would leave trained data in failed/, and a requeue would train it twice.
-            log.warning("%s: worker exit %s came after it published; the job is done", r.ref.id, said)
+            log.warning("%s: worker exit %s came after it published; the job is done", r.ref.id, said, extra=r.log_ctx)
             outcome, error = Outcome.FINISHED, f"published, then {describe_exit(said)}"
         meta = self.queue.record_attempt_end(r.ref, outcome, said, error)
         # Only now is the end on disk. Had the write failed (a full disk), the next tick sees
@@ -479,7 +484,7 @@ class Supervisor:
         self.running = None
         self._absorb_progress(r, meta)
         log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said),
-                 extra={"attempt": r.attempt})
+                 extra=r.log_ctx)
 
         if outcome == Outcome.FINISHED:
             if r.skip is not None:
@@ -508,11 +513,11 @@ class Supervisor:
             if meta.nonfinite_events >= 2:
                 self.queue.fail(r.ref, f"training diverged twice on the same data: {error}", stage="training")
             else:
-                log.warning("%s: %s; retrying once from the last good checkpoint", r.ref.id, error)
+                log.warning("%s: %s; retrying once from the last good checkpoint", r.ref.id, error, extra=r.log_ctx)
             return
         if outcome == Outcome.DATA_ERROR:
             # The file's fault, not the daemon's: a WARNING someone should read, not an ERROR.
-            log.warning("%s: data error, sent to failed/: %s", r.ref.id, error)
+            log.warning("%s: data error, sent to failed/: %s", r.ref.id, error, extra=r.log_ctx)
             self.queue.fail(r.ref, error or "data error", stage="training", attempts=len(meta.attempts))
             return
         failed = meta.failed_attempts
@@ -522,7 +527,7 @@ class Supervisor:
         else:
             delay = self.cfg.queue.backoff_after(failed)
             log.warning("%s: attempt failed (%s); retry %d/%d in %.0fs", r.ref.id, error,
-                        failed, self.cfg.queue.max_attempts - 1, delay)
+                        failed, self.cfg.queue.max_attempts - 1, delay, extra=r.log_ctx)
             self.queue.release(r.ref, meta, time.time() + delay)
 
     def _record_publish(self, r: Running, meta: JobMeta) -> None:
