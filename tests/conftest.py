@@ -185,3 +185,17 @@ def tmpfs(where: Path, size_mb: int, skip: bool = True):
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def tool(name: str, package: str) -> str:
+    """An external checker (promtool, systemd-analyze): its path, or a skip that says how to
+    get it. Under CI (scripts/test.sh installs them) a missing tool is a failure, not a skip."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} not installed (apt-get install {package}; scripts/test.sh does it as root)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path

@@ -38,6 +38,9 @@ def test_two_files_train_into_a_model_line_that_plain_hf_can_load(base, tiny_mod
         job = json.loads((layout.done / d / "job.json").read_text())
         assert job["attempts"][-1]["outcome"] == "finished" and job["attempts"][-1]["exit_code"] == 0
         assert not (layout.done / d / "checkpoints").exists()
+        assert "FutureWarning" not in (layout.done / d / "worker.log").read_text()  # filtered in the worker
+    log = (layout.logs / "trainerd.log").read_text()  # one line per publish, with the version
+    assert "published v0001 from first.jsonl" in log and "published v0002 from second.jsonl" in log, log
 
     # The second job continued the first job's adapter, not a fresh one: LoRA B starts at
     # zero, so a fresh adapter would be unrelated to v0001 (distance ~ its own norm).

@@ -113,6 +113,10 @@ def test_pause_checkpoints_at_a_step_and_resume_equals_uninterrupted(tmp_path, t
     rows_ = [json.loads(x) for x in (Layout.at(base).done / meta["id"] / "metrics.jsonl").read_text().splitlines()]
     assert min(r["step"] for r in rows_ if r["attempt"] == 2) == step + 1
     assert_same_weights(final_adapter(base), reference[0])
+    # The pause's worker exit was asked for: nothing about it is a WARNING (or worse).
+    loud = [line for line in (Layout.at(base).logs / "trainerd.log").read_text().splitlines()
+            if " WARNING " in line or " ERROR " in line]
+    assert not loud, loud
 
 
 def test_sigkill_of_the_worker_twice_at_random_steps_resumes_exactly(tmp_path, tiny_model, reference):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ def samples_dir() -> Path:
 
 
 def init_base(base: Path, *, tiny_model: bool = False, base_model: str | None = None,
-              warm_steps: int = 300, force: bool = False) -> dict[str, Any]:
+              warm_steps: int = 300, force: bool = False,
+              on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """on_step(done, total): the tiny model's warm-up progress, for a progress bar."""
     layout = Layout.at(base)
     layout.ensure()
     info: dict[str, Any] = {"base_dir": str(layout.base)}
@@ -29,7 +32,7 @@ def init_base(base: Path, *, tiny_model: bool = False, base_model: str | None = 
 
             shutil.rmtree(target, ignore_errors=True)
             info["tiny_model"] = build_tiny_model(target, samples_dir=samples_dir(),
-                                                  warm_steps=warm_steps)
+                                                  warm_steps=warm_steps, on_step=on_step)
         base_model = TINY_DIR
     if layout.config.exists() and not force:
         info["config"] = f"{layout.config} exists; left as it is"

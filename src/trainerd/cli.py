@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,8 @@ from trainerd.config import ConfigError, DataMapConfig, QueueConfig, load_config
 from trainerd.jobs import JobState, Priority
 from trainerd.paths import Layout
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# add_completion: --install-completion / --show-completion for bash, zsh, fish, PowerShell.
+app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="Keep a language model learning from files dropped into a folder.")
 queue_app = typer.Typer(no_args_is_help=True, help="Inspect and edit the job queue (safe while the daemon runs).")
 models_app = typer.Typer(no_args_is_help=True, help="Model versions.")
@@ -39,6 +38,20 @@ BaseDir = typer.Option(
     Path(os.environ.get("TRAINERD_BASE_DIR", ".")), "--base-dir", "-b",
     help="trainerd's base directory (env TRAINERD_BASE_DIR)",
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from trainerd import __version__
+
+        out.print(f"trainerd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Keep a language model learning from files dropped into a folder."""
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -68,6 +81,38 @@ def _loss(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+@contextlib.contextmanager
+def _progress(what: str, total: int):
+    """A progress bar on stderr; yields on_step(done, total). Nothing drawn for total 0."""
+    if total <= 0:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    # Not transient: where stderr is a log, not a terminal, the finished bar is printed once.
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
+@contextlib.contextmanager
+def _busy(what: str):
+    """A spinner on a terminal's stderr; one plain line where stderr is a file or a pipe."""
+    if err.is_terminal:
+        with err.status(what):
+            yield
+    else:
+        err.print(what, highlight=False)
+        yield
+
+
 # ------------------------------------------------------------------ setup and daemon
 @app.command()
 def init(
@@ -81,8 +126,9 @@ def init(
     """Create the base dir layout and a commented trainerd.toml."""
     from trainerd.bootstrap import copy_samples, init_base
 
-    info = init_base(base_dir, tiny_model=tiny_model, base_model=base_model,
-                     warm_steps=warm_steps, force=force)
+    with _progress("warming the tiny model", warm_steps if tiny_model else 0) as step:
+        info = init_base(base_dir, tiny_model=tiny_model, base_model=base_model,
+                         warm_steps=warm_steps, force=force, on_step=step)
     out.print(f"base dir: {info['base_dir']}\nconfig:   {info['config']}")
     if "tiny_model" in info:
         t = info["tiny_model"]
@@ -96,14 +142,19 @@ def init(
 def run(
     base_dir: Path = BaseDir,
     once: bool = typer.Option(False, "--once", "--exit-when-idle", help="exit when the queue is empty"),
-    log_format: str = typer.Option("text", help="text or json"),
+    log_format: str = typer.Option("text", help="text or json (json records carry job_id, attempt, version)"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run the daemon in the foreground (systemd runs it like this)."""
+    from trainerd import oplog
     from trainerd.lock import AlreadyRunning
     from trainerd.supervisor import run_daemon
 
-    _setup_logging(_layout(base_dir), log_format, verbose)
+    layout = _layout(base_dir)
+    try:
+        oplog.setup(layout.logs, log_format, verbose)
+    except oplog.LogFormatError as e:
+        _fail(str(e), 2)
     try:
         code = run_daemon(base_dir, once=once)
     except ConfigError as e:
@@ -111,24 +162,6 @@ def run(
     except AlreadyRunning as e:
         _fail(str(e), 3)
     raise typer.Exit(code)
-
-
-def _setup_logging(layout: Layout, fmt: str, verbose: bool) -> None:
-    class Json(logging.Formatter):
-        def format(self, r: logging.LogRecord) -> str:
-            d = {"ts": r.created, "level": r.levelname, "logger": r.name, "msg": r.getMessage()}
-            if r.exc_info:
-                d["exc"] = self.formatException(r.exc_info)
-            return json.dumps(d)
-
-    fmt_obj = Json() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    layout.logs.mkdir(parents=True, exist_ok=True)
-    handlers.append(logging.FileHandler(layout.logs / "trainerd.log"))
-    for h in handlers:
-        h.setFormatter(fmt_obj)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True)
 
 
 @app.command()
@@ -259,10 +292,14 @@ def _token_verdicts(layout: Layout, reports: list) -> None:
 
     from trainerd.jobs import child_env
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainerd.worker.tokenize", "--check", "--base-dir", str(layout.base),
-         *(r.path for r in reports)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env())
+    size = sum(os.path.getsize(r.path) for r in reports if os.path.isfile(r.path))
+    # Loading the model and tokenizing a large file takes a while: say so on stderr.
+    with _busy(f"tokenizing {len(reports)} file(s), {size / 1e6:.1f} MB, with the model "
+               "(token lengths, train.overlength)…"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "trainerd.worker.tokenize", "--check", "--base-dir", str(layout.base),
+             *(r.path for r in reports)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env())
     verdicts = {}
     for line in proc.stdout.splitlines():
         with contextlib.suppress(ValueError):
@@ -282,13 +319,25 @@ def _token_verdicts(layout: Layout, reports: list) -> None:
 @app.command("systemd-unit")
 def systemd_unit(
     base_dir: Path = BaseDir,
-    user: str | None = typer.Option(None, help="User= line for the unit"),
+    user: str | None = typer.Option(None, help="User= (default: you; required as root, or --as-root)"),
+    group: str | None = typer.Option(None, help="Group= (default: the user's primary group)"),
+    as_root: bool = typer.Option(False, "--as-root", help="run the daemon as root, on purpose"),
+    user_unit: bool = typer.Option(False, "--user-unit", help="a unit for `systemctl --user` (no User=)"),
+    gpu: bool | None = typer.Option(None, "--gpu/--no-gpu", help="allow NVIDIA devices (default: when "
+                                    "/dev/nvidiactl exists)"),
     stop_timeout: int = typer.Option(900, help="TimeoutStopSec: long enough for a checkpoint"),
+    start_timeout: int = typer.Option(900, help="TimeoutStartSec: long enough for recovery"),
 ) -> None:
-    """Print a systemd unit (Type=notify, watchdog, warm stop on SIGTERM) for this base dir."""
-    from trainerd.systemd import unit
+    """Print a hardened systemd unit (Type=notify, watchdog, warm stop on SIGTERM) for this base dir."""
+    from trainerd.systemd import UnitError, UnitSpec, resolve_user, unit
 
-    print(unit(_layout(base_dir).base, user, stop_timeout), end="")
+    layout = _layout(base_dir)
+    try:
+        u, g = resolve_user(user, group, as_root, user_unit)
+    except UnitError as e:
+        _fail(str(e), 2)
+    has_gpu = os.path.exists("/dev/nvidiactl") if gpu is None else gpu
+    print(unit(UnitSpec(layout.base, u, g, user_unit, stop_timeout, start_timeout, gpu=has_gpu)), end="")
 
 
 # ------------------------------------------------------------------ control
@@ -352,6 +401,13 @@ def _queue(base_dir: Path):
     return Queue(layout, cfg, on_event=sink, data_map=data_map)
 
 
+def _job(q: Any, text: str) -> str:
+    """ID as the user typed it: a full id, a unique prefix, or the original file name."""
+    from trainerd.lookup import resolve
+
+    return _queue_call(resolve, q, text)
+
+
 def _queue_call(fn, *args: Any, **kw: Any) -> Any:
     from trainerd.queue import QueueError
 
@@ -403,7 +459,9 @@ def queue_list(
         out.print_json(json.dumps(rows, default=str))
         return
     t = Table()
-    for col in ("id", "name", "state", "priority", "examples", "attempts", "age"):
+    # Full ids, never cut: what is shown here is what show/move/remove accept.
+    t.add_column("id", no_wrap=True, overflow="fold", min_width=len(rows[0]["id"]) if rows else None)
+    for col in ("name", "state", "priority", "examples", "attempts", "age"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["id"], r.get("name", "?"), r["state"], r.get("priority", "-"), str(r.get("examples", "")),
@@ -414,25 +472,36 @@ def queue_list(
 @queue_app.command("show")
 def queue_show(job_id: str, base_dir: Path = BaseDir) -> None:
     """Everything about one job: metadata, attempts, error."""
+    from trainerd import oplog
+    from trainerd.jobs import WORKER_LOG
     from trainerd.status import job_summary
 
     q = _queue(base_dir)
-    ref = _queue_call(q.find, job_id)
-    out.print_json(json.dumps({"summary": job_summary(ref), "job": ref.meta().model_dump(mode="json")}, default=str))
+    ref = _queue_call(q.find, _job(q, job_id))
+    log_path = ref.path / WORKER_LOG
+    out.print_json(json.dumps({"summary": job_summary(ref), "job": ref.meta().model_dump(mode="json"),
+                               "worker_log": str(log_path) if log_path.exists() else None}, default=str))
+    last = oplog.tail(log_path) if log_path.exists() else None
+    if last is not None:  # on stderr: stdout stays one JSON document
+        err.print(f"--- {log_path} (last lines) ---", highlight=False)
+        err.print(escape(last), highlight=False)
 
 
 @queue_app.command("move")
 def queue_move(job_id: str, priority: Priority = typer.Option(..., "--priority", "-p"),
                base_dir: Path = BaseDir) -> None:
-    """Change a queued job's priority."""
-    ref = _queue_call(_queue(base_dir).move, job_id, priority)
+    """Change a queued job's priority (ID: an id, a unique id prefix, or the file name)."""
+    q = _queue(base_dir)
+    ref = _queue_call(q.move, _job(q, job_id), priority)
     out.print(f"{ref.id} -> {priority.value}")
 
 
 @queue_app.command("remove")
 def queue_remove(job_id: str, base_dir: Path = BaseDir) -> None:
     """Delete a job that is not active (its data file goes with it)."""
-    _queue_call(_queue(base_dir).remove, job_id)
+    q = _queue(base_dir)
+    job_id = _job(q, job_id)
+    _queue_call(q.remove, job_id)
     out.print(f"removed {job_id}")
 
 
@@ -440,7 +509,8 @@ def queue_remove(job_id: str, base_dir: Path = BaseDir) -> None:
 def queue_requeue(job_id: str, priority: Priority | None = typer.Option(None, "--priority", "-p"),
                   base_dir: Path = BaseDir) -> None:
     """Queue a failed or done job again (attempts reset; the history is kept)."""
-    ref = _queue_call(_queue(base_dir).requeue, job_id, priority)
+    q = _queue(base_dir)
+    ref = _queue_call(q.requeue, _job(q, job_id), priority)
     out.print(f"requeued {ref.id} ({ref.priority.value if ref.priority else ''})")
 
 
@@ -474,11 +544,16 @@ def _record(layout: Layout, kind: str, **data: Any) -> None:
 
 
 @models_app.command("list")
-def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "--json")) -> None:
+def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "--json"),
+                limit: int = typer.Option(30, "--limit", "-n", min=1, help="the newest N versions (and the current)"),
+                show_all: bool = typer.Option(False, "--all", help="every version")) -> None:
     """Model versions, oldest first; * marks the current one, ! a damaged one."""
     from trainerd.lifecycle import list_versions
+    from trainerd.worker.models import versions as version_names
 
-    versions = list_versions(_layout(base_dir))
+    layout = _layout(base_dir)
+    versions = list_versions(layout, None if show_all else limit)
+    hidden = 0 if show_all else max(0, len(version_names(layout)) - len(versions))
     if as_json:
         out.print_json(json.dumps([v.to_dict() for v in versions], default=str))
         return
@@ -491,6 +566,8 @@ def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "-
                   ", ".join(j.get("name", j.get("id", "?")) for j in v.jobs), _bytes(v.bytes),
                   _ago(v.created_at))
     out.print(t)
+    if hidden and not as_json:
+        out.print(f"({hidden} older version(s) not shown; --all or --limit N)")
     if not any(v.current for v in versions):
         out.print("current: base (no job has finished yet, or rolled back to base)")
     for v in versions:
@@ -565,7 +642,7 @@ def gc(
     dry_run: bool = typer.Option(False, "--dry-run", help="only list what would be deleted"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Apply [retention]: old versions, snapshots, done jobs' data. Never the current
+    """Apply \\[retention]: old versions, snapshots, done jobs' data. Never the current
     version, its chain back to the last full version, or what a snapshot needs."""
     from trainerd.lifecycle import gc as collect
 

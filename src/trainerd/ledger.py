@@ -22,6 +22,8 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
+-- /metrics counts events by kind at every scrape; months of history must not mean a scan.
+CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -58,6 +60,9 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(metrics)")}
+        if "grad_norm" not in cols:  # a state.db from before the column: migrate in place
+            self._db.execute("ALTER TABLE metrics ADD COLUMN grad_norm REAL")
 
     def event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
         self._db.execute(
@@ -67,10 +72,11 @@ class Ledger:
 
     def metrics(self, job_id: str, attempt: int, rows: list[dict[str, Any]]) -> None:
         self._db.executemany(
-            "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO metrics (job_id, attempt, step, ts, loss, lr, tokens_per_s, examples_done, "
+            "grad_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (job_id, attempt, r["step"], r.get("ts", time.time()), r.get("loss"), r.get("lr"),
-                 r.get("tokens_per_s"), r.get("examples_done"))
+                 r.get("tokens_per_s"), r.get("examples_done"), r.get("grad_norm"))
                 for r in rows
             ],
         )
@@ -101,15 +107,23 @@ class Ledger:
         self._db.close()
 
 
-def read_evals(path: Path, limit: int = 2000) -> list[dict[str, Any]] | None:
-    """The newest `limit` probe evals of all jobs, oldest first, opened read-only (for the
-    HTTP server and `status --watch`, beside the daemon that writes). None when state.db is
+def open_ro(path: Path) -> sqlite3.Connection | None:
+    """state.db opened read-only (readers beside the daemon that writes), or None when it is
     missing or unusable: it is history, deletable at any time."""
     if not Path(path).is_file():
         return None
     try:
-        con = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=2)
+        return sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=2)
     except sqlite3.Error:
+        return None
+
+
+def read_evals(path: Path, limit: int = 2000) -> list[dict[str, Any]] | None:
+    """The newest `limit` probe evals of all jobs, oldest first, opened read-only (for the
+    HTTP server and `status --watch`, beside the daemon that writes). None when state.db is
+    missing or unusable: it is history, deletable at any time."""
+    con = open_ro(path)
+    if con is None:
         return None
     try:
         rows = con.execute(f"SELECT {', '.join(EVAL_COLS)}, data FROM evals ORDER BY ts DESC LIMIT ?",

@@ -39,7 +39,7 @@ from trainerd import atomic
 from trainerd.config import DataMapConfig
 from trainerd.formats import NO_MAP, FileKindError, iter_records, parse, to_json
 from trainerd.guards import dir_bytes
-from trainerd.jobs import DATA, TOKEN_CACHE, WORKER_LOCK
+from trainerd.jobs import DATA, TOKEN_CACHE, WORKER_LOCK, JobState
 from trainerd.lock import flock_within
 from trainerd.paths import Layout
 from trainerd.schedule import Line, RetentionConfig, section
@@ -172,10 +172,14 @@ def _version(layout: Layout, name: str, cur: str | None, check_hashes: bool) -> 
     )
 
 
-def list_versions(layout: Layout) -> list[Version]:
-    """Every version, oldest first; `problem` from a quick check (file sizes, not hashes)."""
+def list_versions(layout: Layout, limit: int | None = None) -> list[Version]:
+    """Versions oldest first (the newest `limit`, and the current one however old);
+    `problem` from a quick check (file sizes, not hashes). Only the versions shown are read."""
     cur = current_name(layout)
-    return [_version(layout, n, cur, check_hashes=False) for n in models.versions(layout)]
+    names = models.versions(layout)
+    if limit is not None and len(names) > limit:
+        names = [n for n in names[:-limit] if n == cur] + names[-limit:]
+    return [_version(layout, n, cur, check_hashes=False) for n in names]
 
 
 def _name(layout: Layout, name: str) -> str:
@@ -493,8 +497,12 @@ def _done_data(layout: Layout, policy: RetentionConfig) -> list[GcItem]:
     """Data files of finished jobs beyond the limits; job.json and the loss curve stay."""
     if not layout.done.is_dir():
         return []
+    from trainerd.history import finished
+
     jobs = []
-    for d in sorted(layout.done.iterdir()):  # job ids sort by arrival
+    # Oldest finish first: "the newest N done jobs" are the N that finished last, not the
+    # N that arrived last (a requeued job finishes long after it arrived).
+    for d in [r.path for r in reversed(finished(layout, (JobState.DONE,)).refs)]:
         files = [d / f for f in (DATA, REPLAY_JSONL, REPLAY_JSON, TOKENS_CACHE, TOKENS_REPLAY) if os.path.lexists(d / f)]
         if files:
             jobs.append((d, files, sum(_size(f) for f in files)))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainerd import atomic, validate
+from trainerd import atomic, dircache, validate
 from trainerd.config import DataMapConfig, QueueConfig
 from trainerd.formats import NO_MAP
 from trainerd.jobs import (
@@ -207,7 +207,7 @@ class Queue:
         out: dict[str, int] = {}
         for st, prio, d in self._all_state_dirs():
             try:
-                n = sum(1 for x in os.listdir(d) if not x.startswith("."))
+                n = dircache.count(d)  # a stat while the folder is unchanged (10,000 done jobs)
             except OSError:  # reporting must work even when a folder is broken
                 n = 0
             key = f"queued_{prio.value}" if prio else st.value
@@ -447,7 +447,9 @@ class Queue:
         # The id's time is the arrival here, not the file's mtime, which cp -p, rsync and tar
         # preserve (a file from 1970 must not jump the queue). Scan order is oldest first.
         ref = self.submit(path, move=True, original_name=path.name, source_folder=folder)
-        log.info("%s: %s as %s", path.name, "queued" if ref.state == JobState.QUEUED else "rejected", ref.id)
+        # A rejected file is a data error: WARNING (someone should fix the file), never ERROR.
+        log.log(logging.INFO if ref.state == JobState.QUEUED else logging.WARNING, "%s: %s as %s", path.name,
+                "queued" if ref.state == JobState.QUEUED else "rejected", ref.id)
         return ref
 
     # ----------------------------------------------------------------- daemon transitions

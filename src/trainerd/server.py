@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -48,12 +48,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
 
-from trainerd import __version__, atomic, control, lock, status
+from trainerd import __version__, atomic, control, history, status, wishes
 from trainerd.config import DataMapConfig, QueueConfig, ServerConfig
 from trainerd.control import Desired
 from trainerd.jobs import (
@@ -66,7 +63,7 @@ from trainerd.jobs import (
     JobState,
     Priority,
 )
-from trainerd.paths import PRIORITIES, Layout
+from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue, QueueError
 from trainerd.validate import TRAINED_SUFFIXES
 
@@ -87,7 +84,7 @@ CONTROL_BODY_MAX = 16 * 1024  # {"reason": ...} never needs more
 REASON_MAX = 500
 ETA_WINDOW_STEPS = 50  # the ETA uses the recent step rate, not the attempt's average
 CHART_POINTS_MAX = 20_000
-SERIES_COLS = ("attempt", "step", "ts", "loss", "lr", "tokens_per_s", "examples_done")  # /api/metrics
+SERIES_COLS = ("attempt", "step", "ts", "loss", "lr", "tokens_per_s", "examples_done", "grad_norm")  # /api/metrics
 # /api/evals: one point per probe eval (trainerd.worker.evals), across jobs
 EVAL_SERIES = ("job_id", "attempt", "step", "ts", "final", "loss", "exact_match", "similarity",
                "examples", "generated", "complete", "seconds", "probe_sha")
@@ -105,6 +102,7 @@ CHECKPOINT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 30
 STATIC: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/controls.js": ("controls.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 # The dashboard loads only its own files and talks only to this server.
@@ -112,10 +110,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
-# The supervisor's states (run/status.json "state"), for a state-set metric; an unknown
-# one is reported too.
-DAEMON_STATES = ("starting", "idle", "training", "paused", "paused_disk", "stopped")
-
 
 # --------------------------------------------------------------------------- small helpers
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -192,14 +186,16 @@ def ledger_metrics(db: Path, job_id: str) -> list[dict[str, Any]] | None:
     except sqlite3.Error:
         return None
     try:
-        rows = con.execute(
-            "SELECT attempt, step, ts, loss, lr, tokens_per_s, examples_done FROM metrics "
-            "WHERE job_id = ? ORDER BY attempt, step", (job_id,)).fetchall()
+        cols = {r[1] for r in con.execute("PRAGMA table_info(metrics)")}
+        # grad_norm came later: a state.db the daemon has not opened since has no such column.
+        want = [c for c in SERIES_COLS if c in cols]
+        rows = con.execute(f"SELECT {', '.join(want)} FROM metrics WHERE job_id = ? ORDER BY attempt, step",
+                           (job_id,)).fetchall()
     except sqlite3.Error:
         return None
     finally:
         con.close()
-    return [dict(zip(SERIES_COLS, r, strict=True)) for r in rows]
+    return [{c: None for c in SERIES_COLS} | dict(zip(want, r, strict=True)) for r in rows]
 
 
 class JsonlTail:
@@ -287,6 +283,21 @@ def _downsample(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
         return rows
     stride = len(rows) / (limit - 1)
     return [rows[int(i * stride)] for i in range(limit - 1)] + [rows[-1]]
+
+
+def jobs_page(q: Queue, state: str, limit: int, offset: int) -> tuple[list[JobRef], int]:
+    """One page of /api/jobs: active and queued first (in the order they will train), then
+    finished jobs newest finish first (trainerd.history: no job.json is read to order them)."""
+    if state in (JobState.DONE.value, JobState.FAILED.value):
+        page = history.finished(q.layout, (JobState(state),), limit, offset)
+        return page.refs, page.total
+    if state != "all":
+        refs = q.list(JobState(state))
+        return refs[offset:offset + limit], len(refs)
+    unfinished = q.list(JobState.ACTIVE) + q.list(JobState.QUEUED)
+    shown = unfinished[offset:offset + limit]
+    rest = history.finished(q.layout, limit=limit - len(shown), offset=max(0, offset - len(unfinished)))
+    return shown + rest.refs, len(unfinished) + rest.total
 
 
 class HttpError(Exception):
@@ -445,13 +456,20 @@ class App:
         if state not in ("all", *(s.value for s in JobState)):
             raise HttpError(400, f"state must be all, queued, active, done or failed, not {state!r}")
         try:
-            limit = int(query.get("limit", "200"))
+            limit = int(query.get("limit", "50"))
         except ValueError:
             raise HttpError(400, "limit must be an integer") from None
+        try:
+            offset = max(0, int(query.get("offset", "0")))
+        except ValueError:
+            raise HttpError(400, "offset must be an integer") from None
         limit = max(1, min(limit, 5000))
-        refs = self.queue().list(None if state == "all" else JobState(state))
-        refs.sort(key=lambda r: r.id, reverse=True)  # ids sort by arrival: newest first
-        return {"state": state, "total": len(refs), "jobs": [self.summary(r) for r in refs[:limit]]}
+        refs, total = jobs_page(self.queue(), state, limit, offset)
+        out = [self.summary(r) for r in refs]
+        made = history.produced_versions(self.layout, [r.id for r in refs if r.state == JobState.DONE])
+        for s in out:
+            s["version"] = made.get(s["id"])
+        return {"state": state, "total": total, "offset": offset, "limit": limit, "jobs": out}
 
     def find(self, job_id: str) -> JobRef:
         if len(job_id) > JOB_ID_MAX or not JOB_ID_RE.fullmatch(job_id):
@@ -532,8 +550,13 @@ class App:
             "latest": rows[-1] if rows else None,
         }
 
-    def models(self) -> dict[str, Any]:
-        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout)}
+    def models(self, query: dict[str, str]) -> dict[str, Any]:
+        """The newest `limit` versions (default 50): months of training make hundreds."""
+        try:
+            limit = max(1, min(int(query.get("limit", "50")), 5000))
+        except ValueError:
+            raise HttpError(400, "limit must be an integer") from None
+        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout, limit)}
 
     # ----------------------------------------------------------------- writes
     def control(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -551,6 +574,21 @@ class App:
         state = {"pause": Desired.PAUSED, "resume": Desired.RUNNING, "stop": Desired.STOPPED}[action]
         wish = control.set_wish(self.layout, state, reason)
         return {"ok": True, "action": action, "desired": wish.state.value, "reason": wish.reason}
+
+    def wish(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A queue or model-line edit, written as a wish (trainerd.wishes): 202, the daemon
+        carries it out; GET /api/control/actions/<id> gives the outcome."""
+        args = {k: body.get(k) for k in ("job_id", "priority", "version") if body.get(k) is not None}
+        job_id = args.get("job_id")
+        if job_id is not None and not (isinstance(job_id, str) and len(job_id) <= JOB_ID_MAX
+                                       and JOB_ID_RE.fullmatch(job_id)):
+            raise HttpError(400, "job_id must be a job id, like 20261123T101500-123456-name")
+        try:
+            w = wishes.request(self.layout, action, **args)
+        except wishes.WishError as e:
+            raise HttpError(400, str(e)) from None
+        return {"ok": True, "action": action, "wish": w["id"], "state": "pending", "args": args,
+                "outcome": f"/api/control/actions/{w['id']}"}
 
     def upload_dir(self) -> Path:
         d = self.layout.run / UPLOADS_DIR
@@ -591,134 +629,6 @@ class App:
         return 422, {"id": ref.id, "state": ref.state.value, "error": err.get("reason"),
                      "errors": err.get("errors", []), "error_count": err.get("error_count")}
 
-    # ----------------------------------------------------------------- /metrics
-    def job_facts(self, refs: list[JobRef]) -> tuple[int, int]:
-        """(attempts over all jobs, examples_done over done jobs), from job.json files,
-        each parsed again only when it changes (a scrape must stay cheap with many jobs)."""
-        attempts = examples = 0
-        seen: set[str] = set()
-        for ref in refs:
-            key = _stat_key(ref.path / JOB_JSON)
-            if key is None:
-                continue
-            with self._lock:
-                hit = self._facts.get(ref.id)
-            if hit is None or hit[0] != key:
-                try:
-                    meta = JobMeta.load(ref.path)
-                except (OSError, ValueError):
-                    continue
-                hit = (key, len(meta.attempts), meta.examples_done)
-                with self._lock:
-                    self._facts[ref.id] = hit
-            seen.add(ref.id)
-            attempts += hit[1]
-            if ref.state == JobState.DONE:
-                examples += hit[2]
-        with self._lock:
-            for gone in self._facts.keys() - seen:
-                del self._facts[gone]
-        return attempts, examples
-
-
-class TrainerdCollector(Collector):
-    """Prometheus metrics computed from disk at scrape time (no global registry)."""
-
-    def __init__(self, app: App):
-        self.app = app
-
-    def collect(self) -> Iterator[Metric]:
-        app, layout = self.app, self.app.layout
-        now = time.time()
-        age = app.heartbeat_age(now)
-        yield GaugeMetricFamily("trainerd_up", "1 while the supervisor loop's heartbeat is "
-                                f"fresher than {STALE_AFTER_S:g}s, else 0", value=float(age <= STALE_AFTER_S))
-        hb = GaugeMetricFamily("trainerd_heartbeat_age_seconds", "Seconds since the supervisor loop's last heartbeat")
-        if math.isfinite(age):
-            hb.add_metric([], age)
-        yield hb
-        info = InfoMetricFamily("trainerd_build", "trainerd version")
-        info.add_metric([], {"version": __version__})
-        yield info
-
-        daemon_state = GaugeMetricFamily(
-            "trainerd_daemon_state", "The supervisor's state from run/status.json (1 for the current one; "
-            "no sample while no daemon holds the lock)", labels=["state"])
-        live = _read_json(layout.status) if lock.holder(layout.lock) is not None else None
-        if live:
-            current = str(live.get("state"))
-            for st in dict.fromkeys((*DAEMON_STATES, current)):
-                daemon_state.add_metric([st], float(st == current))
-        yield daemon_state
-
-        wish = control.read_wish(layout)
-        desired = GaugeMetricFamily("trainerd_desired_state", "The user's wish (1 for the current one)",
-                                    labels=["state"])
-        for d in Desired:
-            desired.add_metric([d.value], float(wish.state == d))
-        yield desired
-
-        q = app.queue()
-        counts = q.counts()
-        jobs = GaugeMetricFamily("trainerd_jobs", "Jobs per state folder (a directory count); "
-                                 "priority is set for queued jobs only", labels=["state", "priority"])
-        for p in PRIORITIES:
-            jobs.add_metric(["queued", p], counts[f"queued_{p}"])
-        for st in ("active", "done", "failed"):
-            jobs.add_metric([st, ""], counts[st])
-        yield jobs
-        yield CounterMetricFamily("trainerd_jobs_finished", "Jobs in jobs/done/ (a directory count: "
-                                  "removing or requeueing a done job lowers it)", value=counts["done"])
-        yield CounterMetricFamily("trainerd_jobs_failed", "Jobs in jobs/failed/ (a directory count: "
-                                  "removing or requeueing a failed job lowers it)", value=counts["failed"])
-
-        refs = q.list()
-        attempts, examples_done = app.job_facts(refs)
-        active = [r for r in refs if r.state == JobState.ACTIVE]
-        p = (_read_json(active[0].path / PROGRESS_JSON) or {}) if active else {}
-        if active:
-            app.observe_checkpoint(active[0].id, p)
-        yield CounterMetricFamily("trainerd_attempts", "Training attempts recorded in job.json of every "
-                                  "job on disk (a requeue resets a job's attempts)", value=attempts)
-        yield CounterMetricFamily("trainerd_examples_trained", "Examples trained: examples_done of done "
-                                  "jobs plus the active job's progress", value=examples_done + int(p.get("examples_done") or 0))
-
-        def gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc)
-            if _num(value) is not None:
-                g.add_metric([], float(value))
-            return g
-
-        # The active job's gauges have no sample while nothing is active (absent, not 0).
-        aj = InfoMetricFamily("trainerd_active_job", "The job being trained")
-        if active:
-            try:
-                name = JobMeta.load(active[0].path).original_name
-            except (OSError, ValueError):
-                name = ""
-            aj.add_metric([], {"job_id": active[0].id, "name": name})
-        yield aj
-        yield gauge("trainerd_step", "Optimizer step of the active job", p.get("step"))
-        yield gauge("trainerd_max_steps", "Steps in the active job's epoch", p.get("max_steps"))
-        yield gauge("trainerd_loss", "Last logged training loss of the active job", p.get("loss"))
-        yield gauge("trainerd_learning_rate", "Current learning rate of the active job", p.get("lr"))
-        yield gauge("trainerd_tokens_per_second", "Training throughput of the active attempt", p.get("tokens_per_s"))
-        yield gauge("trainerd_active_examples_done", "Examples of the active job trained so far",
-                    p.get("examples_done"))
-        yield gauge("trainerd_active_examples_total", "Examples in the active job", p.get("examples_total"))
-        ckpt_at = _num(p.get("last_checkpoint_at"))
-        yield gauge("trainerd_last_checkpoint_age_seconds", "Seconds since the active job's last checkpoint",
-                    None if ckpt_at is None else max(0.0, now - ckpt_at))
-        yield gauge("trainerd_worker_rss_bytes", "Resident memory of the training worker", p.get("rss_bytes"))
-        yield gauge("trainerd_gpu_memory_bytes", "GPU memory allocated by the worker (absent on CPU)",
-                    p.get("gpu_bytes"))
-        yield from app.ckpt_hist.collect()
-        try:
-            free = float(shutil.disk_usage(layout.base).free)
-        except OSError:
-            free = None
-        yield gauge("trainerd_disk_free_bytes", "Free bytes on the base dir's filesystem", free)
-
 
 # --------------------------------------------------------------------------- HTTP plumbing
 class _Server(ThreadingHTTPServer):
@@ -727,8 +637,9 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, addr: tuple[str, int], app: App):
         self.app = app
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(TrainerdCollector(app))
+        from trainerd.metrics import registry  # imports this module: bound late
+
+        self.registry = registry(app)
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         super().__init__(addr, _Handler)
@@ -874,20 +785,26 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/jobs":
             return self._json(200, app.jobs(query))
         if path == "/api/models":
-            return self._json(200, app.models())
+            return self._json(200, app.models(query))
         if path == "/api/evals":
             return self._json(200, app.evals(query))
         for prefix, fn in (("/api/jobs/", app.job), ("/api/metrics/", None)):
             if path.startswith(prefix) and path.count("/") == 3:
                 job_id = path[len(prefix):]  # raw (not %-decoded): a valid id needs no escaping
                 return self._json(200, fn(job_id) if fn else app.metrics_series(job_id, query))
+        if path.startswith("/api/control/actions/") and path.count("/") == 4:
+            found = wishes.outcome(app.layout, path.rsplit("/", 1)[1])
+            if found is None:
+                raise HttpError(404, "no such wish")
+            return self._json(200, found)
         if path.startswith("/api/control/") or path == "/api/queue":
             raise HttpError(405, "use POST", {"Allow": "POST"})
         raise HttpError(404, "not found")
 
     def _post(self, path: str, query: dict[str, str]) -> None:
         action = path.removeprefix("/api/control/")
-        if not (path == "/api/queue" or (path != action and action in ("pause", "resume", "stop", "skip"))):
+        if not (path == "/api/queue" or (path != action and action in ("pause", "resume", "stop", "skip",
+                                                                      *wishes.ACTIONS))):
             raise HttpError(404, "not found")
         if not self._authorized():
             raise HttpError(401, "missing or wrong token: send 'Authorization: Bearer <BASE/run/token>'")
@@ -904,6 +821,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "body must be JSON, e.g. {\"reason\": \"...\"}") from None
         if not isinstance(body, dict):
             raise HttpError(400, "body must be a JSON object")
+        if action in wishes.ACTIONS:  # queue / model-line edits: a wish the daemon carries out
+            return self._json(202, self.server.app.wish(action, body))
         self._json(200, self.server.app.control(action, body))
 
     def _upload(self, query: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from trainerd import atomic, control, lock
 from trainerd.config import QueueConfig
+from trainerd.history import finished
 from trainerd.jobs import ERROR_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState, token_counts
 from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue
@@ -107,15 +108,17 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
         except OSError:  # a broken folder: report the rest
             return []
 
-    done = listed(JobState.DONE)[-recent:] if recent else []
-    failed = listed(JobState.FAILED)[-recent:] if recent else []
+    # The `recent` that finished last (not that arrived last), oldest first; from the
+    # ledger, so 10,000 done jobs cost no more than ten.
+    done = finished(layout, (JobState.DONE,), recent).refs[::-1] if recent else []
+    failed = finished(layout, (JobState.FAILED,), recent).refs[::-1] if recent else []
     return {
         "base_dir": str(layout.base),
         "daemon": daemon,
         "desired": {"state": wish.state.value, "reason": wish.reason},
         "queue": q.counts(),
         "active": [job_summary(r) for r in listed(JobState.ACTIVE)],
-        "queued": [job_summary(r) for r in listed(JobState.QUEUED)][:recent],
+        "queued": [job_summary(r) for r in listed(JobState.QUEUED)[:recent]],  # read only those shown
         "done": [job_summary(r) for r in done],
         "failed": [job_summary(r) for r in failed],
         "model": current_model(layout),
@@ -123,11 +126,12 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
 
 
 
-def model_versions(layout: Layout) -> list[dict[str, Any]]:
-    names = [n for n in os.listdir(layout.models) if n[:1] == "v" and n[1:].isdigit()] \
-        if layout.models.is_dir() else []
+def model_versions(layout: Layout, limit: int | None = None) -> list[dict[str, Any]]:
+    """Versions oldest first; the newest `limit` of them when given (months make hundreds)."""
+    from trainerd.worker.models import versions  # torch-free at import
+
     out = []
-    for n in sorted(names, key=lambda n: int(n[1:])):
+    for n in versions(layout)[-limit:] if limit else versions(layout):
         man = _read(layout.models / n / atomic.MANIFEST) or {"kind": "?", "broken": True}
         out.append({"version": n, **{k: v for k, v in man.items() if k != "files"}})
     return out

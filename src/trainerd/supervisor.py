@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from trainerd import atomic, control, guards
+from trainerd import atomic, control, guards, oplog, wishes
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.jobs import (
@@ -92,6 +92,11 @@ class Running:
     stop_reason: str | None = None
     skip: control.Skip | None = None
     group: bool = False  # a torchrun group (worker/launch.py): proc is the agent
+
+    @property
+    def log_ctx(self) -> dict[str, int]:
+        """extra= for log records about this attempt (JSON logs carry it; trainerd.oplog)."""
+        return {"attempt": self.attempt}
 
     def signal(self, sig: int) -> None:
         """A warm stop goes to the ranks themselves: torchrun would give them only 30 s
@@ -252,7 +257,8 @@ class Supervisor:
                 control.set_wish(self.layout, Desired.RUNNING, "trainerd run")
                 control.consume_stop_file(self.layout)
             elif wish.state == Desired.PAUSED:
-                log.warning("starting paused (%s); `trainerd resume` to train", wish.reason or "paused by user")
+                # The user's own wish, kept across restarts: news, not a problem.
+                log.info("starting paused (%s); `trainerd resume` to train", wish.reason or "paused by user")
             for note in self.queue.recover():
                 log.warning("recovery: %s", note)
             return True
@@ -317,6 +323,9 @@ class Supervisor:
         if self.queue.ingest(budget_seconds=0.5).more:
             self.wake.set()  # a big drop is taken in slices so signals and heartbeats go on
         self._check_disk()
+        # The dashboard's queue and model-line edits, before a claim: a job just moved to
+        # high, or removed, is claimed (or not) as the user now wants.
+        wishes.carry_out(self.layout, self.queue, self._event)
 
         if self.running is not None:
             self._watch_worker(wish, warm, cold)
@@ -365,6 +374,8 @@ class Supervisor:
         except Exception as e:
             log.error("SIGHUP: config not reloaded, the running config stays: %s", e)
             return
+        finally:
+            oplog.reopen()  # after logrotate moved the file away (the config aside)
         restart_keys = [k for k in ("base_model",) if getattr(new, k) != getattr(self.cfg, k)]
         self.cfg = new
         self.queue.cfg = new.queue
@@ -405,7 +416,8 @@ class Supervisor:
         except OSError as e:  # the pid is for people; the attempt itself is already on disk
             log.warning("%s: worker pid not written to job.json (%s)", ref.id, e.strerror or e)
         log.info("%s: attempt %d started (%s pid %d)", ref.id, attempt,
-                 f"torchrun group of {self.cfg.train.nproc}" if group else "worker", proc.pid)
+                 f"torchrun group of {self.cfg.train.nproc}" if group else "worker", proc.pid,
+                 extra={"attempt": attempt})
 
     def _published(self, ref: JobRef) -> bool:
         """Is this job already in the current model version (the worker's own retry check)?"""
@@ -436,16 +448,16 @@ class Supervisor:
                    "disk low" if self.disk_pause else
                    "skip" if r.skip else None)
             if cold:
-                log.warning("%s: second signal, killing the worker (cold stop)", r.ref.id)
+                log.warning("%s: second signal, killing the worker (cold stop)", r.ref.id, extra=r.log_ctx)
                 r.proc.kill()
                 r.stop_reason = "cold stop"
             elif why and r.stop_sent_at is None:
-                log.info("%s: asking the worker to checkpoint and stop (%s)", r.ref.id, why)
+                log.info("%s: asking the worker to checkpoint and stop (%s)", r.ref.id, why, extra=r.log_ctx)
                 r.signal(signal.SIGTERM)
                 r.stop_sent_at, r.stop_reason = time.monotonic(), why
             elif r.stop_sent_at and time.monotonic() - r.stop_sent_at > self.cfg.daemon.stop_grace_seconds:
                 log.error("%s: worker did not stop within %.0fs; killing it", r.ref.id,
-                          self.cfg.daemon.stop_grace_seconds)
+                          self.cfg.daemon.stop_grace_seconds, extra=r.log_ctx)
                 r.proc.kill()
             return
         self._attempt_ended(r, rc)
@@ -466,18 +478,20 @@ class Supervisor:
             # The worker published, then died on its way out (a stop or skip signal landing
             # during its exit, a kill): the job is in the model line, so it is done. Failing
             # it (a skip) would leave trained data in failed/, and a requeue would train it twice.
-            log.warning("%s: worker exit %s came after it published; the job is done", r.ref.id, said)
+            log.warning("%s: worker exit %s came after it published; the job is done", r.ref.id, said, extra=r.log_ctx)
             outcome, error = Outcome.FINISHED, f"published, then {describe_exit(said)}"
         meta = self.queue.record_attempt_end(r.ref, outcome, said, error)
         # Only now is the end on disk. Had the write failed (a full disk), the next tick sees
         # the same exit status and records it then: an attempt is never left open.
         self.running = None
         self._absorb_progress(r, meta)
-        log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said))
+        log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said),
+                 extra=r.log_ctx)
 
         if outcome == Outcome.FINISHED:
             if r.skip is not None:
                 control.clear_skip(self.layout)  # it finished first; the skip has no target left
+            self._record_publish(r, meta)
             self.queue.finish(r.ref)
             return
         if r.skip is not None:
@@ -501,9 +515,11 @@ class Supervisor:
             if meta.nonfinite_events >= 2:
                 self.queue.fail(r.ref, f"training diverged twice on the same data: {error}", stage="training")
             else:
-                log.warning("%s: %s; retrying once from the last good checkpoint", r.ref.id, error)
+                log.warning("%s: %s; retrying once from the last good checkpoint", r.ref.id, error, extra=r.log_ctx)
             return
         if outcome == Outcome.DATA_ERROR:
+            # The file's fault, not the daemon's: a WARNING someone should read, not an ERROR.
+            log.warning("%s: data error, sent to failed/: %s", r.ref.id, error, extra=r.log_ctx)
             self.queue.fail(r.ref, error or "data error", stage="training", attempts=len(meta.attempts))
             return
         failed = meta.failed_attempts
@@ -513,8 +529,23 @@ class Supervisor:
         else:
             delay = self.cfg.queue.backoff_after(failed)
             log.warning("%s: attempt failed (%s); retry %d/%d in %.0fs", r.ref.id, error,
-                        failed, self.cfg.queue.max_attempts - 1, delay)
+                        failed, self.cfg.queue.max_attempts - 1, delay, extra=r.log_ctx)
             self.queue.release(r.ref, meta, time.time() + delay)
+
+    def _record_publish(self, r: Running, meta: JobMeta) -> None:
+        """The publish line in the log and the ledger's `trained` event: what the /metrics
+        counters and the duration histogram sum, kept after the job is removed."""
+        from trainerd.history import TRAINED_EVENT, trained_event
+        from trainerd.worker.models import published_version  # torch-free at import
+
+        try:
+            version = published_version(self.layout, self.cfg, meta)
+        except Exception:  # a broken current version: the line says "?"
+            version = None
+        facts = trained_event(meta, version)
+        self._event(TRAINED_EVENT, r.ref.id, **facts)
+        line = oplog.publish_line(r.ref.id, meta.original_name, facts, oplog.final_probe(r.ref.path, r.attempt))
+        log.info("%s", line, extra={"job_id": r.ref.id, "attempt": r.attempt, "version": version})
 
     def _oom_fallback(self, ref: JobRef, meta: JobMeta, error: str | None) -> None:
         """Out of memory: same effective batch in smaller micro-batches, from the last

@@ -6,6 +6,7 @@
 // - /api/jobs?state=done, /api/models and /api/evals (probe evals of every job) when the
 //   done count changes (and every 30 s).
 // User-supplied text (file names, reasons) only ever goes in through textContent.
+// The queue / model-line controls and uploads are in controls.js (loaded first).
 "use strict";
 
 const POLL_MS = 2000;
@@ -129,30 +130,11 @@ const ACTIONS = {
 };
 
 async function control(action) {
-  if (!token()) {
-    showTokenBar(true);
-    toast("Enter the API token first (BASE/run/token).", true);
-    return;
-  }
   const a = ACTIONS[action];
-  if (a.confirm && !window.confirm(a.confirm)) return;
-  try {
-    await api(`/api/control/${action}`, {
-      method: "POST",
-      headers: { "Authorization": `Bearer ${token()}`, "Content-Type": "application/json" },
-      body: JSON.stringify({ reason: "dashboard" }),
-    });
+  if (token() && a.confirm && !window.confirm(a.confirm)) return;
+  if (await authed(`/api/control/${action}`, jsonBody({ reason: "dashboard" }), action)) {
     toast(a.done);
     poll(true);
-  } catch (e) {
-    if (e.status === 401) {
-      localStorage.removeItem(TOKEN_KEY);
-      renderTokenState();
-      showTokenBar(true);
-      toast("The token was rejected; paste the current one from BASE/run/token.", true);
-    } else {
-      toast(`${action} failed: ${e.message}`, true);
-    }
   }
 }
 
@@ -190,6 +172,10 @@ function renderHeader(s) {
 
 function renderJob(s) {
   const j = s.job;
+  const note = idleNote(s);
+  $("job-empty-default").hidden = !!note;
+  $("job-empty-note").hidden = !note;
+  setText("job-empty-note", note || "");
   $("job-empty").hidden = !!j;
   $("job-body").hidden = !j;
   const badges = $("job-badges");
@@ -255,14 +241,15 @@ function overlength(j) {
 function renderQueue(s) {
   const q = s.queue || {};
   setText("queue-counts", `high ${q.queued_high || 0} · normal ${q.queued_normal || 0} · low ${q.queued_low || 0}`);
-  const rows = (s.queued || []).map((j) => h("tr", {},
-    h("td", {}, h("span", { class: `badge ${j.priority}` }, j.priority)),
+  const rows = (s.queued || []).map((j) => h("tr", { "data-id": j.id },
+    h("td", {}, prioritySelect(j)),
     h("td", { class: "file" }, j.name || j.id, h("span", { class: "mono" }, j.id),
       j.attempts ? h("span", { class: "badge warn" }, `retry after ${j.attempts} attempt(s)`) : null, overlength(j)),
     h("td", { class: "num" }, fmtNum(j.examples)),
-    h("td", {}, fmtAgo(j.submitted_at, s.now))));
+    h("td", {}, fmtAgo(j.submitted_at, s.now)),
+    h("td", { class: "acts" }, removeButton(j))));
   const more = (q.queued || 0) - rows.length;
-  if (more > 0) rows.push(h("tr", {}, h("td", { colspan: 4, class: "muted" }, `… and ${more} more`)));
+  if (more > 0) rows.push(h("tr", {}, h("td", { colspan: 5, class: "muted" }, `… and ${more} more`)));
   $("queue-table").tBodies[0].replaceChildren(...rows);
   $("queue-table").hidden = !rows.length;
   $("queue-empty").hidden = !!rows.length;
@@ -272,8 +259,9 @@ function renderFailed(s) {
   const failed = (s.failed || []).slice().reverse();
   const n = (s.queue || {}).failed || 0;
   setText("failed-count", n ? `${n} in jobs/failed/${n > failed.length ? `, newest ${failed.length} shown` : ""}` : "");
-  $("failed-list").replaceChildren(...failed.map((j) => h("li", {},
-    h("div", { class: "what" }, h("b", {}, j.name || j.id), h("span", { class: "mono muted" }, j.id)),
+  $("failed-list").replaceChildren(...failed.map((j) => h("li", { "data-id": j.id },
+    h("div", { class: "what" }, h("b", {}, j.name || j.id), h("span", { class: "mono muted" }, j.id),
+      h("span", { class: "acts" }, requeueButton(j), removeButton(j))),
     h("div", { class: "why", title: j.reason || "" }, j.reason || "no reason recorded"))));
   $("failed-empty").hidden = !!failed.length;
 }
@@ -292,7 +280,8 @@ function renderHistory(jobs, now) {
       h("td", { class: "num" }, fmtNum(j.steps_done)),
       h("td", { class: "num" }, `${fmtLoss(j.first_loss)} → ${fmtLoss(j.last_loss)}`, delta),
       h("td", { class: "num" }, fmtDur(j.train_seconds)),
-      h("td", {}, fmtAgo(j.finished_at, now)));
+      h("td", { class: "mono" }, j.version || dash),
+      h("td", { title: j.finished_at ? fmtAgo(j.finished_at, now) : "" }, j.finished_at ? fmtWhen(j.finished_at) : dash));
   });
   $("history-table").tBodies[0].replaceChildren(...rows);
   $("history-table").hidden = !rows.length;
@@ -308,7 +297,12 @@ function renderModels(m, now) {
     h("td", {}, v.broken ? "manifest missing" : (v.kind || dash)),
     h("td", { class: "file" }, (v.jobs || []).map((j) => j.name || j.id).join(", ") || dash,
       v.final_loss !== undefined && v.final_loss !== null ? h("span", { class: "mono" }, `final loss ${fmtLoss(v.final_loss)}`) : null),
-    h("td", {}, fmtAgo(v.created_at, now)))));
+    h("td", {}, fmtAgo(v.created_at, now)),
+    h("td", { class: "acts" }, v.version === cur || v.broken ? null : h("button", {
+      type: "button", class: "ghost small act-rollback", "data-version": v.version,
+      title: `Make ${v.version} current; nothing is deleted, the next job trains from it`,
+      onclick: () => window.confirm(`Roll back to ${v.version}? The next job trains from it.`) &&
+        wish("rollback", { version: v.version }, `roll back to ${v.version}`) }, "Roll back")))));
   $("models-table").hidden = !versions.length;
   $("models-empty").hidden = !!versions.length;
 }
@@ -480,7 +474,7 @@ function redraw(id) {
   if (s && s.spec) drawChart($(id), s.spec);
 }
 
-for (const id of ["loss-chart", "lr-chart", "tps-chart", "evals-loss-chart", "evals-exact-chart"]) {
+for (const id of ["loss-chart", "lr-chart", "tps-chart", "gn-chart", "evals-loss-chart", "evals-exact-chart"]) {
   const c = $(id);
   c.addEventListener("mousemove", (e) => {
     const r = c.getBoundingClientRect();
@@ -510,6 +504,8 @@ function renderCharts(m, label) {
     lines: [{ ys: pick("lr"), width: 1.5 }] });
   drawChart($("tps-chart"), { xs, color: "--accent-3", fmt: (v) => fmtNum(v), zero: true, markers, empty: "",
     lines: [{ ys: pick("tokens_per_s"), width: 1.5 }] });
+  drawChart($("gn-chart"), { xs, color: "--accent-4", fmt: (v) => v.toFixed(Math.abs(v) < 10 ? 3 : 1), zero: true,
+    markers, empty: "", lines: [{ ys: s.grad_norm ? pick("grad_norm") : xs.map(() => null), width: 1.5 }] });
 }
 
 // Probe evals across jobs, over time: loss and exact match, a dot for each job's final eval,
@@ -630,6 +626,7 @@ $("token-bar").addEventListener("submit", (e) => {
   toast("Token saved in this browser.");
 });
 $("chart-live").addEventListener("click", () => pin(ui.pinned));
+wireControls();
 document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(true); });
 
 renderTokenState();

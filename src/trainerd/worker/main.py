@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_library_warnings()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -128,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def quiet_library_warnings() -> None:
+    """Libraries' FutureWarnings (a deprecated argument name inside transformers, say) say
+    nothing to the person reading worker.log and drown what does (trainerd raises none).
+    Set once, here, before any library is imported: every rank of a group runs this too."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def _attempt(job_dir: Path, layout: Layout, stop: StopFlag) -> int:
     try:
         if not os.environ.get(GROUP_LOCKED_ENV):  # a torchrun group's launcher holds it
@@ -138,7 +148,7 @@ def _attempt(job_dir: Path, layout: Layout, stop: StopFlag) -> int:
         try:
             return int(run_job(job_dir, layout, stop))
         except DataError as e:
-            log.error("data error: %s", e)
+            log.warning("data error: %s", e)  # the file's fault, not trainerd's: not an ERROR
             _report(job_dir, "data_error", str(e))
             return int(ExitCode.DATA_ERROR)
         except NonFiniteLoss as e:

@@ -38,7 +38,8 @@ class ModelRef:
 
 
 def _version_number(name: str) -> int | None:
-    if len(name) == 5 and name[0] == "v" and name[1:].isdigit():
+    """v0012 -> 12. Four digits at least, as many as it takes after v9999 (v10000)."""
+    if len(name) >= 5 and name[0] == "v" and name[1:].isdigit():
         return int(name[1:])
     return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -89,8 +89,10 @@ def build_tokenizer(extra_text: list[str], vocab_size: int = 1024):
 
 
 def build_tiny_model(out_dir: Path, *, samples_dir: Path | None = None, hidden_size: int = 64,
-                     layers: int = 2, warm_steps: int = 300, seed: int = 0) -> dict:
-    """Write a tiny Qwen2 model + tokenizer to `out_dir` with save_pretrained."""
+                     layers: int = 2, warm_steps: int = 300, seed: int = 0,
+                     on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Write a tiny Qwen2 model + tokenizer to `out_dir` with save_pretrained.
+    on_step(done, total) after each warm-up step (a progress bar)."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -107,7 +109,7 @@ def build_tiny_model(out_dir: Path, *, samples_dir: Path | None = None, hidden_s
         bos_token_id=None, use_cache=True,
     )
     model = AutoModelForCausalLM.from_config(config)
-    losses = _warm(model, tokenizer, warm_steps, seed, words) if warm_steps > 0 else []
+    losses = _warm(model, tokenizer, warm_steps, seed, words, on_step) if warm_steps > 0 else []
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +131,8 @@ def salad_corpus(words: list[str], n: int, seed: int) -> Iterator[list[dict[str,
         yield [{"role": "user", "content": phrase()}, {"role": "assistant", "content": phrase()}]
 
 
-def _warm(model, tokenizer, steps: int, seed: int, words: list[str]) -> list[float]:
+def _warm(model, tokenizer, steps: int, seed: int, words: list[str],
+          on_step: Callable[[int, int], None] | None = None) -> list[float]:
     """A few seconds of full fine-tuning, so the base is not pure noise."""
     import torch
 
@@ -154,5 +157,7 @@ def _warm(model, tokenizer, steps: int, seed: int, words: list[str]) -> list[flo
         opt.step()
         opt.zero_grad()
         losses.append(out.loss.item())
+        if on_step is not None:
+            on_step(len(losses), steps)
     model.eval()
     return losses
