@@ -166,6 +166,10 @@ def status(
               f"low {q['queued_low']}), {q['active']} active, {q['done']} done, {q['failed']} failed")
     m = s["model"]
     out.print(f"model:  {m['version']}" + (f" ({m.get('kind')}, parent {m.get('parent')})" if m["version"] != "base" else ""))
+    for hook, o in sorted(((s.get("publish") or {}).get("last") or {}).items()):
+        state = "[green]ok[/]" if o.get("ok") else f"[red]failed[/] ({escape(str(o.get('error')))})"
+        out.print(f"publish {hook}: {o.get('version')} {state}, {o.get('attempts')} attempt(s), {_ago(o.get('at'))}",
+                  highlight=False)
     for a in s["active"]:
         p = a.get("progress") or {}
         step, total = p.get("step"), p.get("max_steps")

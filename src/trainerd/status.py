@@ -17,6 +17,7 @@ from trainerd import atomic, control, lock
 from trainerd.config import QueueConfig
 from trainerd.jobs import ERROR_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState, token_counts
 from trainerd.paths import Layout
+from trainerd.publish import PUBLISH_JSON
 from trainerd.queue import JobRef, Queue
 
 STALE_HEARTBEATS = 5  # "not responding" after this many missed heartbeats
@@ -119,6 +120,7 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
         "done": [job_summary(r) for r in done],
         "failed": [job_summary(r) for r in failed],
         "model": current_model(layout),
+        "publish": _read(layout.run / PUBLISH_JSON),  # [publish] hooks' last outcomes (trainerd.publish)
     }
 
 
