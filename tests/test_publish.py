@@ -3,75 +3,30 @@ change of models/current, retried, time-bounded, recorded; never in training's w
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
+import os
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import (
+    calls,
+    chat_rows,
+    cli,
+    closed_port,
+    make_base,
+    receiver,
+    recorder,
+    wait_for,
+    write_jsonl,
+)
 from trainerd import atomic
 from trainerd.config import Config
 from trainerd.ledger import Ledger
 from trainerd.paths import Layout
 from trainerd.publish import PUBLISH_JSON, Publisher
 from trainerd.worker.models import set_current
-
-# Appends its environment and stdin to the file named by its argument: one line per run.
-RECORDER = (
-    "import json, os, sys\n"
-    "env = {k: v for k, v in os.environ.items() if k.startswith('TRAINERD_') and k != 'TRAINERD_PARENT_PID'}\n"
-    "with open(sys.argv[1], 'a') as f:\n"
-    "    f.write(json.dumps({'env': env, 'stdin': json.loads(sys.stdin.read())}) + '\\n')\n"
-)
-
-
-@contextlib.contextmanager
-def receiver(status: int = 200) -> Iterator[tuple[str, list[dict]]]:
-    """A local HTTP server that keeps every JSON body POSTed to it."""
-    got: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            got.append(json.loads(body))
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/hook", got
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nobody listens once it is closed
-
-
-def recorder(tmp_path: Path) -> tuple[list[str], Path]:
-    script = tmp_path / "record.py"
-    script.write_text(RECORDER)
-    out = tmp_path / "calls.jsonl"
-    return [sys.executable, str(script), str(out)], out
-
-
-def calls(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def fake_version(layout: Layout, name: str, parent: str) -> None:
@@ -176,3 +131,55 @@ def test_outcomes_reach_the_ledger_through_the_supervisor_sink(tmp_path):
     rows = ledger._db.execute("SELECT kind, data FROM events WHERE kind = 'publish_hook'").fetchall()
     ledger.close()
     assert len(rows) == 1 and json.loads(rows[0][1])["version"] == "v0001"
+
+
+# ------------------------------------------------------------------ a real daemon
+@pytest.mark.slow
+def test_a_daemon_fires_each_hook_once_per_published_version(trained_line):
+    base = trained_line["base"]
+    ran, got = trained_line["calls"], trained_line["webhook"]
+    assert [c["env"]["TRAINERD_VERSION"] for c in ran] == ["v0001", "v0002"]
+    assert [b["version"] for b in got] == ["v0001", "v0002"]
+    assert [c["env"]["TRAINERD_PARENT_VERSION"] for c in ran] == ["base", "v0001"]
+    v2 = got[1]
+    assert v2["event"] == "publish" and v2["version_dir"] == str(base / "models" / "v0002") and ran[1]["stdin"] == v2
+    job = v2["jobs"][-1]
+    assert job["name"] == "two.jsonl" and job["last_loss"] < job["first_loss"]
+    assert job["probe"]["loss"] is not None  # the job's final probe eval
+    status = json.loads(cli("status", "--base-dir", base, "--json").stdout)["publish"]
+    assert status["notified"] == {"command": "v0002", "webhook": "v0002"}
+    assert all(o["ok"] for o in status["last"].values())
+    ledger = Ledger(base / "state.db")
+    rows = [e for e in ledger.events(limit=1000) if e["kind"] == "publish_hook"]
+    ledger.close()
+    assert len(rows) == 4
+
+
+@pytest.mark.slow
+def test_failing_hooks_change_nothing_in_training(tmp_path, tiny_model, trained_line):
+    """A hook that fails and one that cannot connect: the job trains and publishes exactly as
+    with working hooks (the same weights as trained_line's v0001), and the failures are
+    reported in status, state.db and the log."""
+    from safetensors.torch import load_file
+
+    extra = ("[publish]\ncommand = [\"false\"]\n"
+             f"webhook = \"http://127.0.0.1:{closed_port()}/\"\nretries = 1\nbackoff_seconds = [0.1]\n")
+    base = make_base(tmp_path / "base", tiny_model, extra)
+    (base / "probe.jsonl").write_bytes((trained_line["base"] / "probe.jsonl").read_bytes())
+    write_jsonl(base / "inbox" / "one.jsonl", chat_rows(16, "one"))
+    p = cli("run", "--base-dir", base, "--once")
+    layout = Layout.at(base)
+    assert os.readlink(layout.current_model) == "v0001"
+    (job,) = os.listdir(layout.done)
+    meta = json.loads((layout.done / job / "job.json").read_text())
+    assert [a["outcome"] for a in meta["attempts"]] == ["finished"]
+    mine = load_file(str(layout.models / "v0001" / "adapter_model.safetensors"))
+    theirs = load_file(str(trained_line["base"] / "models" / "v0001" / "adapter_model.safetensors"))
+    assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+
+    status = json.loads(cli("status", "--base-dir", base, "--json").stdout)["publish"]
+    assert {n: (o["ok"], o["attempts"]) for n, o in status["last"].items()} == \
+        {"command": (False, 2), "webhook": (False, 2)}
+    assert "exit 1" in status["last"]["command"]["error"]
+    assert "publish command for v0001 failed after 2 attempt(s)" in p.stderr
+    assert "failed" in cli("status", "--base-dir", base).stdout

@@ -30,7 +30,7 @@ from trainerd.paths import Layout
 
 MODULE = "trainerd.worker.generate"
 WEB_VERSION_RE = re.compile(r"current|base|v[0-9]{4}")
-PROMPT_MAX_CHARS = 16_000
+PROMPT_MAX_CHARS = 4_000  # the body limit (server.CONTROL_BODY_MAX) holds it in any encoding
 MAX_NEW_TOKENS_WEB = 512
 GENERATE_TIMEOUT_S = 300.0  # a dashboard answer (model load included)
 COMPARE_TIMEOUT_S = 900.0

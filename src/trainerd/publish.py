@@ -45,6 +45,7 @@ log = logging.getLogger("trainerd.publish")
 
 PUBLISH_JSON = "publish.json"  # run/publish.json
 OUTPUT_TAIL = 2000  # bytes of a command's output kept in the outcome
+STOP_WAIT_S = 30.0  # how long a stopping daemon waits for deliveries in flight
 JOBS_DETAILED = 5  # a consolidation holds the whole line's jobs: details for the newest few
 
 
@@ -167,12 +168,12 @@ class _Hook:
             self.cv.notify()
 
     def _run(self) -> None:
-        while not self.stopping.is_set():
+        while True:
             with self.cv:
                 while not self.pending and not self.stopping.is_set():
                     self.cv.wait(1.0)
-                if self.stopping.is_set():
-                    return
+                if not self.pending:
+                    return  # stopping, and everything submitted was delivered
                 event = self.pending.popleft()
                 self.busy = event["version"]
             self.done.put(self._deliver(event))
@@ -191,7 +192,10 @@ class _Hook:
             log.warning("publish %s for %s failed (attempt %d): %s; retrying", self.name, event["version"],
                         attempt, error)
             if self.stopping.wait(waits[min(attempt, len(waits)) - 1]):
-                break
+                # The daemon is stopping: no more retries now; the next start delivers it again.
+                return {"hook": self.name, "version": event["version"], "event": event["event"], "ok": False,
+                        "attempts": attempt, "error": f"{error} (retries cut short by the daemon stopping)",
+                        "interrupted": True, "seconds": round(time.monotonic() - t0, 3), "at": time.time()}
         return {"hook": self.name, "version": event["version"], "event": event["event"], "ok": error is None,
                 "attempts": attempt, "error": error, "seconds": round(time.monotonic() - t0, 3), "at": time.time()}
 
@@ -275,7 +279,7 @@ class Publisher:
 
     def _record(self, o: dict[str, Any]) -> None:
         self.last[o["hook"]] = o
-        if o.get("attempts"):  # a delivery that ran, ok or not: that version is dealt with
+        if o.get("attempts") and not o.get("interrupted"):  # ran, ok or not: that version is dealt with
             self.notified[o["hook"]] = o["version"]
         if o["ok"]:
             log.info("publish %s for %s: ok (%d attempt(s), %.1fs)", o["hook"], o["version"], o["attempts"],
@@ -295,10 +299,15 @@ class Publisher:
                 "pending": {n: len(h.pending) + (1 if h.busy else 0) for n, h in self.hooks.items()}}
 
     def stop(self) -> None:
-        """At daemon exit: a delivery in flight is abandoned (it is not recorded as done,
-        so the next start delivers that version again); finished ones are recorded."""
+        """At daemon exit: a change seen in the last pass is still delivered, each pending
+        delivery gets its current attempt (no more retries), for at most STOP_WAIT_S in all;
+        one still unfinished then is not recorded as done, so the next start delivers it."""
+        self.tick()
         for h in self.hooks.values():
             h.stop()
+        deadline = time.monotonic() + min(self.cfg.timeout_seconds, STOP_WAIT_S)
+        for h in self.hooks.values():
+            h.thread.join(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
             if self._drain():
                 self._save()

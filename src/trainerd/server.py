@@ -105,6 +105,7 @@ CHECKPOINT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 30
 STATIC: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/tryit.js": ("tryit.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 # The dashboard loads only its own files and talks only to this server.
@@ -881,18 +882,28 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith(prefix) and path.count("/") == 3:
                 job_id = path[len(prefix):]  # raw (not %-decoded): a valid id needs no escaping
                 return self._json(200, fn(job_id) if fn else app.metrics_series(job_id, query))
-        if path.startswith("/api/control/") or path == "/api/queue":
+        if path.startswith("/api/control/") or path in ("/api/queue", "/api/generate", "/api/compare"):
             raise HttpError(405, "use POST", {"Allow": "POST"})
         raise HttpError(404, "not found")
 
     def _post(self, path: str, query: dict[str, str]) -> None:
         action = path.removeprefix("/api/control/")
-        if not (path == "/api/queue" or (path != action and action in ("pause", "resume", "stop", "skip"))):
+        asks = {"/api/generate": "web_generate", "/api/compare": "web_compare"}  # trainerd.ask
+        if not (path == "/api/queue" or path in asks
+                or (path != action and action in ("pause", "resume", "stop", "skip"))):
             raise HttpError(404, "not found")
         if not self._authorized():
             raise HttpError(401, "missing or wrong token: send 'Authorization: Bearer <BASE/run/token>'")
         if path == "/api/queue":
             return self._upload(query)
+        if path in asks:  # a child process answers: this process never loads torch
+            from trainerd import ask
+
+            return self._json(*getattr(ask, asks[path])(self.server.app.layout, self._body()))
+        self._json(200, self.server.app.control(action, self._body()))
+
+    def _body(self) -> dict[str, Any]:
+        """A small JSON object body (control, generate, compare)."""
         length = self._content_length() or 0
         if length > CONTROL_BODY_MAX:
             raise HttpError(413, f"a control request body is at most {CONTROL_BODY_MAX} bytes")
@@ -904,7 +915,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "body must be JSON, e.g. {\"reason\": \"...\"}") from None
         if not isinstance(body, dict):
             raise HttpError(400, "body must be a JSON object")
-        self._json(200, self.server.app.control(action, body))
+        return body
 
     def _upload(self, query: dict[str, str]) -> None:
         app = self.server.app
