@@ -51,3 +51,42 @@ def test_full_fine_tune_publishes_full_versions_that_load_anywhere(tmp_path, tin
     [first] = [d for d in os.listdir(layout.done) if d.endswith("-1")]
     rows = [json.loads(x) for x in (layout.done / first / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def _modes(root) -> dict[str, int]:
+    out = {".": os.stat(root).st_mode & 0o777}
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = os.lstat(p).st_mode & 0o777
+    return out
+
+
+def _readable(root) -> None:
+    modes = _modes(root)
+    bad = {p: oct(m) for p, m in modes.items() if m != (0o755 if os.path.isdir(os.path.join(root, p)) else 0o644)}
+    assert not bad, f"{root}: not readable by a serving user: {bad}"
+
+
+@pytest.mark.slow
+def test_versions_snapshots_and_exports_are_readable_whatever_the_umask(trained_line, tmp_path):
+    """trained_line's daemon ran under umask 0077; exports and snapshots are made under it
+    too. Every file is 0644 and every folder 0755 (safetensors alone would be 0600)."""
+    import subprocess
+
+    from tests.conftest import trainerd_cmd
+
+    base = trained_line["base"]
+    for v in ("v0001", "v0002"):
+        _readable(base / "models" / v)
+
+    def under_umask(*args: str) -> None:
+        p = subprocess.run([*trainerd_cmd(), *args, "--base-dir", str(base)], capture_output=True, text=True,
+                           timeout=600, preexec_fn=lambda: os.umask(0o077))
+        assert p.returncode == 0, p.stderr
+
+    under_umask("models", "export", "v0002", str(tmp_path / "plain"))
+    under_umask("models", "export", "v0002", str(tmp_path / "merged"), "--merged")
+    under_umask("models", "snapshot")
+    for d in (tmp_path / "plain", tmp_path / "merged", *(base / "snapshots").iterdir()):
+        _readable(d)
