@@ -171,8 +171,11 @@ class Asker:
         if item.raw is not None:
             return list(self.tok(item.raw, add_special_tokens=False)["input_ids"])
         if self.enc is None:
+            msgs = item.messages or []
+            if len(msgs) == 1 and msgs[0].get("role") == "user":  # a base model: the prompt as raw text
+                return list(self.tok(str(msgs[0].get("content") or ""), add_special_tokens=False)["input_ids"])
             raise UserError(f"{self.ref.version} has no chat template, so a conversation cannot be "
-                            "rendered; pass {\"prompt\": ...} lines for raw text")
+                            "rendered; ask one prompt at a time, or pass {\"prompt\": ...} lines for raw text")
         try:
             return self.enc.ids(self.enc.render(item.messages or [], None, True))
         except TemplateRefused as e:
@@ -333,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `trainerd generate ... | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except Exception as e:  # one line, not a traceback, for the operator
         log.debug("failed", exc_info=True)
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
