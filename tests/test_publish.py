@@ -182,4 +182,4 @@ def test_failing_hooks_change_nothing_in_training(tmp_path, tiny_model, trained_
         {"command": (False, 2), "webhook": (False, 2)}
     assert "exit 1" in status["last"]["command"]["error"]
     assert "publish command for v0001 failed after 2 attempt(s)" in p.stderr
-    assert "failed" in cli("status", "--base-dir", base).stdout
+    assert "publish command: v0001 failed (exit 1)" in cli("status", "--base-dir", base).stdout
