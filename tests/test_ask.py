@@ -14,8 +14,6 @@ from tests.conftest import cli, daemon, daemon_log, wait_for
 from trainerd.paths import Layout
 from trainerd.server import read_token
 
-pytestmark = pytest.mark.slow
-
 
 def post(url: str, body: dict, token: str | None) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
@@ -34,6 +32,7 @@ def torch_mapped(pid: int) -> list[str]:
     return sorted({ln.split()[-1] for ln in maps.splitlines() if "libtorch" in ln or "/torch/lib/" in ln})
 
 
+@pytest.mark.slow
 def test_dashboard_generates_and_compares_in_a_child_and_the_daemon_never_maps_libtorch(trained_line):
     base = trained_line["base"]
     layout = Layout.at(base)
@@ -72,3 +71,14 @@ def _server(layout: Layout, pid: int) -> dict | None:
         return None
     return info if info.get("pid") == pid else None
 
+
+
+def test_a_refusal_of_the_child_becomes_the_http_answer():
+    from trainerd.ask import _answer
+
+    err = "[current on cpu]\nerror: the GPU is busy: job J is training on the GPU. Run with --device cpu\n"
+    assert _answer(75, "", err) == (409, {"error": "the GPU is busy: job J is training on the GPU. "
+                                          "Run with --device cpu", "exit": 75})
+    assert _answer(2, "", "error: no version v0042 in /b/models")[0] == 400
+    assert _answer(124, "", "no answer within 300s")[0] == 504
+    assert _answer(1, "", "")[1]["error"] == "the generation process ended with no output"

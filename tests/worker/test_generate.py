@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import cli
-
-pytestmark = pytest.mark.slow
 
 Q = "Say the one code number 3."
 
@@ -19,6 +18,7 @@ def _words(s: str) -> list[str]:
     return s.split()
 
 
+@pytest.mark.slow
 def test_generate_answers_each_prompt_greedily_with_the_chat_template(trained_line, tmp_path):
     base = trained_line["base"]
     args = ("generate", "--base-dir", base, "--version", "v0001", "--max-new-tokens", "8")
@@ -38,6 +38,7 @@ def test_generate_answers_each_prompt_greedily_with_the_chat_template(trained_li
     assert _words(streamed) == _words(rows[0]["answer"] + " " + rows[1]["answer"])
 
 
+@pytest.mark.slow
 def test_chat_in_a_pipe_keeps_the_conversation_resets_and_exits_at_eof(trained_line):
     base = trained_line["base"]
     first = json.loads(cli("generate", "--base-dir", base, "--version", "v0001", "--json",
@@ -51,6 +52,7 @@ def test_chat_in_a_pipe_keeps_the_conversation_resets_and_exits_at_eof(trained_l
     assert "[conversation cleared]" in p.stderr and "[v0002 (adapter) on cpu]" in p.stderr
 
 
+@pytest.mark.slow
 def test_compare_two_versions_per_example_probe_loss_and_answers(trained_line):
     base = trained_line["base"]
     r = json.loads(cli("compare", "v0001", "v0002", "--base-dir", base, "--json", "--max-new-tokens", "6").stdout)
@@ -82,6 +84,7 @@ def test_compare_two_versions_per_example_probe_loss_and_answers(trained_line):
     assert "total (token-weighted): v0001" in text and "probe loss per example" in text
 
 
+@pytest.mark.slow
 def test_the_cli_process_never_imports_torch(trained_line):
     code = (
         "import sys\n"
@@ -96,9 +99,36 @@ def test_the_cli_process_never_imports_torch(trained_line):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["generate", "--version", "v0042", "hi"], ["chat", "v0042"],
                                   ["compare", "v0001", "/no/such/folder"], ["generate", "--device", "tpu", "hi"]])
 def test_a_bad_version_or_device_is_refused_before_any_model_loads(trained_line, args):
     p = cli(*args, "--base-dir", trained_line["base"], check=False, timeout=60)
     assert p.returncode in (1, 2) and "error:" in p.stderr
     assert "models list" in p.stderr or "not a version" in p.stderr or "expected auto" in p.stderr
+
+
+@pytest.mark.parametrize("wanted", ["auto", "cuda"])
+def test_on_a_gpu_that_is_training_a_generation_is_refused_with_the_reason(tmp_path, monkeypatch, wanted):
+    """No CUDA here: torch is told it has one, the daemon's side of the gate is held."""
+    import torch
+
+    from trainerd.gpugate import GpuBusy, TrainingHold
+    from trainerd.paths import Layout
+    from trainerd.worker.generate import device_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    niced: list[int] = []
+    monkeypatch.setattr(os, "nice", niced.append)  # not this test process for real
+    layout = Layout.at(tmp_path)
+    hold = TrainingHold(layout)
+    assert hold.acquire("the daemon (pid 7) is training")
+    try:
+        with pytest.raises(GpuBusy, match=r"pid 7\) is training.*--device cpu"), device_for(layout, wanted):
+            pass
+        with device_for(layout, "cpu") as device:  # the way around it, at a lower priority
+            assert device == "cpu" and niced == [10]
+    finally:
+        hold.release()
+    with device_for(layout, wanted) as device:  # idle: the GPU is free to use
+        assert device == "cuda"
