@@ -660,7 +660,7 @@ def compare(
     a: str = typer.Argument(..., help="the version compared against (e.g. v0003, base)"),
     b: str = typer.Argument("current", help="the version judged"),
     base_dir: Path = BaseDir,
-    probe: Path | None = typer.Option(None, "--probe", help="probe set (default: [eval] probe_file)"),
+    probe: Path | None = typer.Option(None, "--probe", help="probe set (default: eval.probe_file of the base dir)"),
     prompts: Path | None = typer.Option(None, "--prompts", help="prompts to answer side by side"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     device: str = Device,
