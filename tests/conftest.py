@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -199,3 +203,76 @@ def tool(name: str, package: str) -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+# ------------------------------------------------------------------ publish hooks (tests/test_publish.py)
+# Appends its environment and stdin to the file named by its argument: one line per run.
+RECORDER = (
+    "import json, os, sys\n"
+    "env = {k: v for k, v in os.environ.items() if k.startswith('TRAINERD_') and k != 'TRAINERD_PARENT_PID'}\n"
+    "with open(sys.argv[1], 'a') as f:\n"
+    "    f.write(json.dumps({'env': env, 'stdin': json.loads(sys.stdin.read())}) + '\\n')\n"
+)
+
+
+@contextlib.contextmanager
+def receiver(status: int = 200) -> Iterator[tuple[str, list[dict]]]:
+    """A local HTTP server that keeps every JSON body POSTed to it."""
+    got: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append(json.loads(body))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/hook", got
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nobody listens once it is closed
+
+
+def recorder(tmp_path: Path) -> tuple[list[str], Path]:
+    script = tmp_path / "record.py"
+    script.write_text(RECORDER)
+    out = tmp_path / "calls.jsonl"
+    return [sys.executable, str(script), str(out)], out
+
+
+def calls(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="session")
+def trained_line(tmp_path_factory, tiny_model) -> dict:
+    """Two versions (v0001, v0002) trained by a real `trainerd run --once` under umask 0077,
+    with [publish] hooks: a recording command and a webhook to a local receiver, plus a
+    probe set. Shared by the tests that need a line of versions: training is the slow part."""
+    root = tmp_path_factory.mktemp("line")
+    cmd, record = recorder(root)
+    with receiver() as (url, got):
+        base = make_base(root / "base", tiny_model, "[publish]\ncommand = " + json.dumps(cmd)
+                         + f"\nwebhook = \"{url}\"\nbackoff_seconds = [0.1]\n")
+        (base / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(4, "one")))
+        write_jsonl(base / "inbox" / "one.jsonl", chat_rows(16, "one"))
+        write_jsonl(base / "inbox" / "two.jsonl", chat_rows(16, "two"))
+        t0 = time.monotonic()
+        p = subprocess.run([*trainerd_cmd(), "run", "--base-dir", str(base), "--once"], capture_output=True,
+                           text=True, timeout=600, preexec_fn=lambda: os.umask(0o077))
+        assert p.returncode == 0, p.stderr
+        assert os.readlink(base / "models" / "current") == "v0002", p.stderr
+    return {"base": base, "webhook": list(got), "calls": calls(record), "log": p.stderr,
+            "seconds": time.monotonic() - t0}

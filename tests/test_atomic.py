@@ -53,3 +53,19 @@ def test_manifest_detects_truncation_missing_and_bitflip(tmp_path):
     (d / atomic.MANIFEST).unlink()
     with pytest.raises(atomic.ManifestError, match="never finished"):
         atomic.verify_manifest(d)
+
+
+def test_make_readable_opens_a_tree_to_other_users_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        root = tmp_path / "v"
+        (root / "sub").mkdir(parents=True)
+        for p in (root / "w.safetensors", root / "sub" / "x.json"):
+            p.write_bytes(b"x")
+            os.chmod(p, 0o600)
+        os.symlink("w.safetensors", root / "link")
+        atomic.make_readable(root)
+    finally:
+        os.umask(old)
+    assert os.stat(root).st_mode & 0o777 == 0o755 and os.stat(root / "sub").st_mode & 0o777 == 0o755
+    assert all(os.stat(p).st_mode & 0o777 == 0o644 for p in (root / "w.safetensors", root / "sub" / "x.json"))

@@ -111,6 +111,23 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+def make_readable(root: Path) -> None:
+    """0755 folders and 0644 files under `root` (and root itself), whatever the umask:
+    a serving user must read what trainerd publishes and exports. Libraries write weights
+    0600 (safetensors) or by the umask (a hardened unit's 0027). Symlinks are left alone."""
+    root = Path(root)
+    os.chmod(root, 0o755)
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o755)
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o644)
+
+
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -116,6 +116,18 @@ class EvalConfig(_Section):
     max_seconds: float = Field(60.0, gt=0, description="time bound per eval; stops early and records how far it got")
 
 
+class PublishConfig(_Section):
+    """Serving follows training (trainerd.publish, docs/SERVING.md): hooks run whenever
+    models/current changes. Off while both are empty."""
+
+    command: list[str] = Field(default_factory=list, description="argv run on each change; JSON summary on stdin")
+    webhook: str = Field("", pattern=r"^(https?://\S+)?$", description="http(s) URL POSTed the same JSON")
+    timeout_seconds: float = Field(60.0, gt=0, le=3600, description="per attempt; a command past it is killed")
+    retries: int = Field(3, ge=0, le=20, description="attempts after the first failed one")
+    backoff_seconds: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0], description="wait before retry 1, 2, 3... (last one repeats)")
+
+
 class DataMapConfig(_Section):
     """Your own key names for trainerd's fields (docs/FORMATS.md): a file whose objects have
     none of the standard keys is read through this map. Unset keys keep their usual name."""
@@ -150,6 +162,7 @@ class Config(_Section):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
 
 
 class ConfigError(Exception):
@@ -306,6 +319,14 @@ every_steps = 0              # also evaluate every N steps; 0 = only at the end 
 generate_examples = 8        # greedy answers compared with the expected last assistant turn
 max_new_tokens = 64
 max_seconds = 60             # per eval: stops early (and records how many it did) past this
+
+[publish]                    # serving follows training (docs/SERVING.md): on every change of models/current
+command = []                 # e.g. ["/usr/local/bin/reload-vllm"]: env TRAINERD_VERSION, TRAINERD_VERSION_DIR,
+                             # TRAINERD_PARENT_VERSION, TRAINERD_BASE_DIR; a JSON summary on stdin
+webhook = ""                 # e.g. "http://127.0.0.1:9000/trainerd": POSTed the same JSON
+timeout_seconds = 60         # per attempt (a command past it is killed); never blocks training
+retries = 3                  # then the failure is in status, state.db and the log
+backoff_seconds = [5, 30, 120]
 
 [data.map]                   # your own key names for trainerd's fields (docs/FORMATS.md), e.g.
 # prompt = "user_prompt"     # raw-text prompt/completion: {{"user_prompt": ..., "expected_answer": ...}}

@@ -358,6 +358,7 @@ def snapshot(layout: Layout, day: str | None = None, *, lock_timeout: float = 10
         tmp = layout.snapshots / f"{atomic.TMP_PREFIX}{day}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp, symlinks=True)
+        atomic.make_readable(tmp)
         meta = {k: v for k, v in src_man.items() if k != "files"}
         needs = base_version(layout, src_man.get("base")) if src_man.get("kind") == "adapter" else None
         man = atomic.write_manifest(tmp, {**meta, "snapshot_of": cur, "snapshot_date": day,
@@ -584,6 +585,7 @@ def export(layout: Layout, name: str, dest: Path, merged: bool = False) -> dict[
         acfg = atomic.read_json(cfg_path)
         acfg["base_model_name_or_path"] = base
         atomic.write_json(cfg_path, acfg)
+    atomic.make_readable(tmp)  # copytree kept the 0600 of the weights; a server must read them
     atomic.write_manifest(tmp, {"exported_from": name, "kind": man.get("kind"), "base": base,
                                 "parent": man.get("parent"), "jobs": man.get("jobs", []),
                                 "exported_at": time.time()})

@@ -103,6 +103,7 @@ STATIC: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/controls.js": ("controls.js", "text/javascript; charset=utf-8"),
+    "/static/tryit.js": ("tryit.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 # The dashboard loads only its own files and talks only to this server.
@@ -797,19 +798,31 @@ class _Handler(BaseHTTPRequestHandler):
             if found is None:
                 raise HttpError(404, "no such wish")
             return self._json(200, found)
-        if path.startswith("/api/control/") or path == "/api/queue":
+        if path.startswith("/api/control/") or path in ("/api/queue", "/api/generate", "/api/compare"):
             raise HttpError(405, "use POST", {"Allow": "POST"})
         raise HttpError(404, "not found")
 
     def _post(self, path: str, query: dict[str, str]) -> None:
         action = path.removeprefix("/api/control/")
-        if not (path == "/api/queue" or (path != action and action in ("pause", "resume", "stop", "skip",
-                                                                      *wishes.ACTIONS))):
+        asks = {"/api/generate": "web_generate", "/api/compare": "web_compare"}  # trainerd.ask
+        if not (path == "/api/queue" or path in asks
+                or (path != action and action in ("pause", "resume", "stop", "skip", *wishes.ACTIONS))):
             raise HttpError(404, "not found")
         if not self._authorized():
             raise HttpError(401, "missing or wrong token: send 'Authorization: Bearer <BASE/run/token>'")
         if path == "/api/queue":
             return self._upload(query)
+        if path in asks:  # a child process answers: this process never loads torch
+            from trainerd import ask
+
+            return self._json(*getattr(ask, asks[path])(self.server.app.layout, self._body()))
+        body = self._body()
+        if action in wishes.ACTIONS:  # queue / model-line edits: a wish the daemon carries out
+            return self._json(202, self.server.app.wish(action, body))
+        self._json(200, self.server.app.control(action, body))
+
+    def _body(self) -> dict[str, Any]:
+        """A small JSON object body (control, generate, compare)."""
         length = self._content_length() or 0
         if length > CONTROL_BODY_MAX:
             raise HttpError(413, f"a control request body is at most {CONTROL_BODY_MAX} bytes")
@@ -821,9 +834,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "body must be JSON, e.g. {\"reason\": \"...\"}") from None
         if not isinstance(body, dict):
             raise HttpError(400, "body must be a JSON object")
-        if action in wishes.ACTIONS:  # queue / model-line edits: a wish the daemon carries out
-            return self._json(202, self.server.app.wish(action, body))
-        self._json(200, self.server.app.control(action, body))
+        return body
 
     def _upload(self, query: dict[str, str]) -> None:
         app = self.server.app

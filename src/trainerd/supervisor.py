@@ -28,6 +28,7 @@ import psutil
 from trainerd import atomic, control, guards, oplog, wishes
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
+from trainerd.gpugate import TrainingHold
 from trainerd.jobs import (
     EVALS,
     METRICS,
@@ -46,6 +47,7 @@ from trainerd.jobs import (
 from trainerd.ledger import Ledger
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
+from trainerd.publish import Publisher
 from trainerd.queue import JobRef, Queue
 from trainerd.schedule import CONSOLIDATE, Housekeeping
 from trainerd.server import HEARTBEAT_INTERVAL_S
@@ -152,6 +154,8 @@ class Supervisor:
         self._server: Any = None  # trainerd.server.ServerHandle while HTTP is up
         self.heartbeat_at = time.time()  # start of the loop's last pass (/healthz, trainerd_up)
         self._started = False  # start-up writes done (see _startup)
+        self.publisher = Publisher(layout, cfg, self._event)  # [publish] hooks, on their own threads
+        self.gpu = TrainingHold(layout)  # run/gpu.lock: no ad-hoc generation on the GPU while training
 
     # ------------------------------------------------------------ plumbing
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
@@ -230,6 +234,8 @@ class Supervisor:
         finally:
             self.stage.stop()
             self.house.stop()
+            self.publisher.stop()
+            self.gpu.release()
             self.notify.stopping()
             if self._server is not None:
                 with contextlib.suppress(Exception):
@@ -326,6 +332,7 @@ class Supervisor:
         # The dashboard's queue and model-line edits, before a claim: a job just moved to
         # high, or removed, is claimed (or not) as the user now wants.
         wishes.carry_out(self.layout, self.queue, self._event)
+        self.publisher.tick()  # reads the current pointer; hooks run on threads, never here
 
         if self.running is not None:
             self._watch_worker(wish, warm, cold)
@@ -352,7 +359,7 @@ class Supervisor:
             else:
                 if housework != CONSOLIDATE:
                     self.stage.stop()  # the GPU is free: the next job's worker goes first
-                ref = None if housework == CONSOLIDATE else self.queue.claim()
+                ref = None if housework == CONSOLIDATE else self._claim()
                 if ref is not None:
                     self._spawn(ref)
                 elif self.once and self._idle() and housework is None:
@@ -381,11 +388,24 @@ class Supervisor:
         self.queue.cfg = new.queue
         self.queue.data_map = new.data.map
         self.house.configure(new.schedule, new.consolidate)
+        self.publisher.configure(new)
         log.info("SIGHUP: config reloaded; [train] and [checkpoint] apply from the next attempt")
         if restart_keys:
             log.warning("SIGHUP: %s changed; it applies to the next job's model load", ", ".join(restart_keys))
 
     # ------------------------------------------------------------ workers
+    def _claim(self) -> JobRef | None:
+        """The next job, with the GPU gate held for it; none while a generation (trainerd
+        generate/chat/compare, the dashboard's box) holds the GPU: the job waits for it."""
+        if not self.gpu.acquire(f"the daemon (pid {os.getpid()}) is training"):
+            if self.queue.counts()["queued"]:
+                log.debug("a generation holds the GPU; the next job waits for it")
+            return None
+        ref = self.queue.claim()
+        if ref is None:
+            self.gpu.release()
+        return ref
+
     def _spawn(self, ref: JobRef) -> None:
         prio = self._claimed_priority(ref)
         for stale in (WORKER_ERROR, WORKER_OUTCOME):
@@ -484,6 +504,7 @@ class Supervisor:
         # Only now is the end on disk. Had the write failed (a full disk), the next tick sees
         # the same exit status and records it then: an attempt is never left open.
         self.running = None
+        self.gpu.release()
         self._absorb_progress(r, meta)
         log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said),
                  extra=r.log_ctx)
@@ -659,6 +680,7 @@ class Supervisor:
                 "low": self.disk.low, "warn": self.disk.warn},
             "paused_reason": self.disk_pause,
             "housework": self.house.running,
+            "publish": self.publisher.status(),
             "loop_errors": self.loop_errors,
             "last_error": (self.last_error or "")[-1000:] or None,
             "job": None,

@@ -51,3 +51,80 @@ def test_full_fine_tune_publishes_full_versions_that_load_anywhere(tmp_path, tin
     [first] = [d for d in os.listdir(layout.done) if d.endswith("-1")]
     rows = [json.loads(x) for x in (layout.done / first / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def _modes(root) -> dict[str, int]:
+    out = {".": os.stat(root).st_mode & 0o777}
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = os.lstat(p).st_mode & 0o777
+    return out
+
+
+def _readable(root) -> None:
+    modes = _modes(root)
+    bad = {p: oct(m) for p, m in modes.items() if m != (0o755 if os.path.isdir(os.path.join(root, p)) else 0o644)}
+    assert not bad, f"{root}: not readable by a serving user: {bad}"
+
+
+@pytest.mark.slow
+def test_versions_snapshots_and_exports_are_readable_whatever_the_umask(trained_line, tmp_path):
+    """trained_line's daemon ran under umask 0077; exports and snapshots are made under it
+    too. Every file is 0644 and every folder 0755 (safetensors alone would be 0600)."""
+    import subprocess
+
+    from tests.conftest import trainerd_cmd
+
+    base = trained_line["base"]
+    for v in ("v0001", "v0002"):
+        _readable(base / "models" / v)
+
+    def under_umask(*args: str) -> None:
+        p = subprocess.run([*trainerd_cmd(), *args, "--base-dir", str(base)], capture_output=True, text=True,
+                           timeout=600, preexec_fn=lambda: os.umask(0o077))
+        assert p.returncode == 0, p.stderr
+
+    under_umask("models", "export", "v0002", str(tmp_path / "plain"))
+    under_umask("models", "export", "v0002", str(tmp_path / "merged"), "--merged")
+    under_umask("models", "snapshot")
+    for d in (tmp_path / "plain", tmp_path / "merged", *(base / "snapshots").iterdir()):
+        _readable(d)
+
+
+def test_a_model_is_named_by_version_current_base_or_folder(tmp_path):
+    """resolve() reads files only (the CLI checks a version before any model loads)."""
+    from trainerd import atomic
+    from trainerd.config import Config
+    from trainerd.worker.models import NoSuchModel, resolve, set_current
+
+    layout = Layout.at(tmp_path / "base")
+    layout.ensure()
+    cfg = Config.model_validate({"base_model": "/models/tiny"})
+    v1 = layout.models / "v0001"
+    v1.mkdir()
+    (v1 / "adapter_config.json").write_text('{"base_model_name_or_path": "/elsewhere"}')
+    atomic.write_manifest(v1, {"version": "v0001", "parent": "base", "kind": "adapter", "base": "/models/tiny"})
+    assert resolve(layout, cfg, "current").version == "base"  # nothing published yet
+    set_current(layout, "v0001")
+    for spec in ("v0001", "current", str(v1)):
+        ref = resolve(layout, cfg, spec)
+        assert (ref.version, ref.kind, ref.base, ref.path) == ("v0001", "adapter", "/models/tiny", v1)
+    assert resolve(layout, cfg, "base").base == "/models/tiny"
+
+    export = tmp_path / "export"  # a plain HF adapter folder: its own config names the base
+    export.mkdir()
+    (export / "adapter_config.json").write_text('{"base_model_name_or_path": "/elsewhere"}')
+    assert (resolve(layout, cfg, str(export)).kind, resolve(layout, cfg, str(export)).base) == ("adapter", "/elsewhere")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "config.json").write_text("{}")
+    assert resolve(layout, cfg, str(full)).kind == "full" and resolve(layout, cfg, str(full)).base == str(full)
+
+    with pytest.raises(NoSuchModel, match="models list"):
+        resolve(layout, cfg, "v0042")
+    with pytest.raises(NoSuchModel, match="not a version"):
+        resolve(layout, cfg, str(tmp_path / "nothing"))
+    (v1 / "adapter_config.json").write_text("{}")  # edited after publishing: its size no longer matches
+    with pytest.raises(NoSuchModel, match="cannot be loaded"):
+        resolve(layout, cfg, "v0001")

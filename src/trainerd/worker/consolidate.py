@@ -265,6 +265,7 @@ def consolidate(layout: Layout, stop: StopFlag | None = None) -> ExitCode:
             _result(layout, status="rejected", source=ref.version, path=str(aside), reason=reason,
                     checks=checks.details)
             return ExitCode.NONFINITE if checks.nonfinite else ExitCode.DATA_ERROR
+        atomic.make_readable(tmp)  # served as it is: readable whatever the umask
         atomic.write_manifest(tmp, meta)
         atomic.rename(tmp, layout.models / name)
         waiting = _waiting(layout)
@@ -298,6 +299,7 @@ def export_merged(layout: Layout, name: str, dest: Path) -> dict[str, Any]:
         if not checks.ok:
             raise lifecycle.LifecycleError(f"merged export of {name} failed verification: "
                                            f"{'; '.join(checks.reasons)}")
+        atomic.make_readable(tmp)
         atomic.write_manifest(tmp, {"exported_from": name, "kind": "full", "merged_from": name,
                                     "base": base, "jobs": man.get("jobs", []), "exported_at": time.time(),
                                     "checks": checks.details})

@@ -53,6 +53,7 @@ class Probe:
     sha: str  # of the file: a changed probe set shows as a break in the trend
     examples: list[tuple[list[int], list[int]]]  # (input_ids, trainable mask), for the loss
     prompts: list[tuple[int, list[int], str]] = field(default_factory=list)  # (line, prompt ids, expected)
+    lines: list[int] = field(default_factory=list)  # the probe file's record of each example
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -103,6 +104,7 @@ def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
                            else f"{rec.unit} {n} (nothing to score)")
                 continue
             probe.examples.append((ids, mask))
+            probe.lines.append(n)
             kept += 1
         p = _prompt(ex, tokenizer) if kept and len(probe.prompts) < k else None
         if p is not None:
@@ -143,6 +145,17 @@ def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def example_nll(model: Any, ids: list[int], mask: list[int], device: Any) -> tuple[float, int]:
+    """(summed loss, scored tokens) of one example, as training computes it (the model's
+    own loss, a mean over the shifted targets, times their number). Call under no_grad."""
+    x = torch.tensor([ids], device=device)
+    labels = torch.tensor([[i if m else -100 for i, m in zip(ids, mask, strict=True)]], device=device)
+    n = int((labels[:, 1:] != -100).sum())
+    if not n:
+        return 0.0, 0
+    return float(model(input_ids=x, labels=labels, use_cache=False).loss) * n, n
+
+
 def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_seconds: float,
              stop: Any = None) -> dict[str, Any]:
     """One eval: probe loss, then greedy answers; stops early past max_seconds or on stop."""
@@ -162,13 +175,8 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
         for ids, mask in probe.examples:
             if out_of_time():
                 break
-            x = torch.tensor([ids], device=device)
-            labels = torch.tensor([[i if m else -100 for i, m in zip(ids, mask, strict=True)]], device=device)
-            n = int((labels[:, 1:] != -100).sum())  # the model's loss is the mean over shifted targets
-            if n:
-                nll += float(model(input_ids=x, labels=labels, use_cache=False).loss) * n
-                tokens += n
-            scored += 1
+            x_nll, n = example_nll(model, ids, mask, device)
+            nll, tokens, scored = nll + x_nll, tokens + n, scored + 1
         loss_seconds = time.monotonic() - t0
         stop_ids = _stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]

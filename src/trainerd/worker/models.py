@@ -63,6 +63,49 @@ def current(layout: Layout, cfg: Config) -> ModelRef:
     return ModelRef(name, kind, base, path, manifest)
 
 
+class NoSuchModel(LookupError):
+    """A version name, `current`, `base` or a path that names no loadable model (with what to do)."""
+
+
+def resolve(layout: Layout, cfg: Config, spec: str) -> ModelRef:
+    """The model `spec` names: `current`, `base`, a version (v0003), or the path of a
+    model folder (a version, snapshot or export with a manifest, or any HF folder: an
+    adapter is loaded on the base its adapter_config names). Torch-free: reads files only."""
+    if spec == "current":
+        return current(layout, cfg)
+    if spec == "base":
+        return ModelRef("base", "base", cfg.base_model)
+    if _version_number(spec) is not None:
+        path = layout.models / spec
+        if not path.is_dir():
+            raise NoSuchModel(f"no version {spec} in {layout.models}; `trainerd models list` shows them")
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise NoSuchModel(f"{spec!r} is not a version (vNNNN), 'current', 'base' or a model folder")
+        path = path.resolve()
+    try:
+        man = atomic.verify_manifest(path, check_hashes=False)
+    except atomic.ManifestError as e:
+        if (path / atomic.MANIFEST).exists() or _version_number(spec) is not None:
+            raise NoSuchModel(f"{spec} cannot be loaded: {e}; `trainerd models show {spec}` says more") from None
+        man = {}
+    kind = man.get("kind")
+    if kind is None:  # a plain HF folder
+        kind = "adapter" if (path / "adapter_config.json").is_file() else "full"
+    if kind == "full":
+        return ModelRef(man.get("version") or path.name, "full", str(path), path, man)
+    from trainerd.lifecycle import resolve_base  # torch-free; a moved base dir still resolves
+
+    base = resolve_base(layout, man) if man.get("base") else None
+    if base is None:
+        try:
+            base = atomic.read_json(path / "adapter_config.json")["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError):
+            base = cfg.base_model
+    return ModelRef(man.get("version") or path.name, "adapter", str(base), path, man)
+
+
 def set_current(layout: Layout, name: str) -> None:
     tmp = layout.models / f".current-{os.getpid()}"
     if os.path.lexists(tmp):
@@ -191,6 +234,7 @@ def _publish_locked(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef
     model.save_pretrained(tmp)  # adapter weights only for a PEFT model; safetensors
     tokenizer.save_pretrained(tmp)
     jobs = [{"id": meta.id, "name": meta.original_name, "examples": meta.examples}]
+    atomic.make_readable(tmp)  # a serving user reads versions (safetensors are written 0600)
     atomic.write_manifest(tmp, {
         "version": name,
         "parent": parent.version,
