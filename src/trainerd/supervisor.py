@@ -476,6 +476,7 @@ class Supervisor:
         if outcome == Outcome.FINISHED:
             if r.skip is not None:
                 control.clear_skip(self.layout)  # it finished first; the skip has no target left
+            self._record_gate(r.ref, meta)
             self.queue.finish(r.ref)
             return
         if r.skip is not None:
@@ -513,6 +514,22 @@ class Supervisor:
             log.warning("%s: attempt failed (%s); retry %d/%d in %.0fs", r.ref.id, error,
                         failed, self.cfg.queue.max_attempts - 1, delay)
             self.queue.release(r.ref, meta, time.time() + delay)
+
+    def _record_gate(self, ref: JobRef, meta: JobMeta) -> None:
+        """The version the job published and the eval gate's decision, into job.json and
+        state.db (the version's manifest holds the original)."""
+        from trainerd.forgetting import version_of_job
+
+        found = version_of_job(self.layout, ref.id)
+        if found is None:
+            return
+        meta.version, meta.gate = found[0], found[1].get("gate")
+        with contextlib.suppress(OSError):  # history for people; the version itself is on disk
+            meta.save(ref.path)
+        if meta.gate:
+            log.log(logging.WARNING if meta.gate.get("action") != "current" else logging.INFO,
+                    "%s: %s %s", ref.id, found[0], meta.gate.get("verdict"))
+            self._event("gate", ref.id, version=found[0], **meta.gate)
 
     def _oom_fallback(self, ref: JobRef, meta: JobMeta, error: str | None) -> None:
         """Out of memory: same effective batch in smaller micro-batches, from the last

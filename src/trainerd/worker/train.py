@@ -360,7 +360,7 @@ def _stop_before_training(stop: StopFlag, during: str) -> bool:
 def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     import torch
 
-    from trainerd.worker import evals
+    from trainerd.worker import evals, recall
 
     cfg = load_config(layout.config)
     meta = JobMeta.load(job_dir)
@@ -425,6 +425,10 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     progress = Progress(job_dir, attempt, ds, per_step)
     ctl = Control(stop, cfg, job_dir)
     probe = evals.callback(layout, cfg, job_dir, attempt, tokenizer, stop)
+    # The parent's scores for the gate and the forgetting matrix: on the model as loaded,
+    # before any step (rank 0 alone; worker/recall.py).
+    scorer = recall.start(layout, cfg, meta, parent, tokenizer, job_dir, model,
+                          probe.probe if probe else None) if _world()[0] == 0 else None
     trainer = _job_trainer()(
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
@@ -449,12 +453,16 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
     if trainer.is_world_process_zero():
+        # After the last step, before publishing: the candidate's scores and the gate's verdict.
+        scored = scorer.after(trainer.model, probe.final_row if probe else None) if scorer else {}
         models.for_saving(trainer.model)
+        held = scored.get("gate", {}).get("action") == "held"
         version = models.publish(layout, trainer.model, tokenizer, parent, meta,
                                  {"examples_trained": tok.examples, "sequences_trained": ds.examples,
                                   "steps": trainer.state.global_step,
                                   "dropped": tok.dropped, "truncated": tok.truncated,
-                                  "final_loss": progress.last.get("loss"), "replay": replay})
-        log.info("%s: published %s", meta.id, version)
+                                  "final_loss": progress.last.get("loss"), "replay": replay, **scored},
+                                 make_current=not held)
+        log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
         checkpoints.clear(job_dir)
     return ExitCode.FINISHED
