@@ -130,6 +130,20 @@ def test_warn_flags_it_and_the_matrix_and_tags_are_what_the_weights_say(tmp_path
     assert shown["recall"]["backward_transfer"] < 0  # contradicting answers made it forget
     assert [r["version"] for r in shown["matrix"]["versions"]] == ["v0001", "v0002"]
     assert "forgetting matrix" in cli("models", "show", "v0002", "--base-dir", layout.base).stdout
+    assert "flagged" in cli("status", "--base-dir", layout.base).stdout
+
+    # /metrics and the dashboard's data (the app behind the HTTP server, in process).
+    from trainerd.config import ServerConfig
+    from trainerd.server import App, TrainerdCollector
+
+    app = App(layout, ServerConfig(), lambda: 0.0)
+    fams = {f.name: f for f in TrainerdCollector(app).collect()}
+    [flag] = fams["trainerd_gate_flagged"].samples
+    assert flag.labels == {"version": "v0002", "state": "flagged"} and flag.value == 1
+    bwt = {x.labels["version"]: x.value for x in fams["trainerd_backward_transfer"].samples}
+    assert bwt == {"v0002": pytest.approx(shown["recall"]["backward_transfer"])}
+    assert [r["version"] for r in app.models()["matrix"]["versions"]] == ["v0001", "v0002"]
+    assert app.evals({})["latest"]["groups"]["skill"].keys() == {"odd", "even"}
 
 
 def recompute(layout: Layout, tiny_model, version: str, job_id: str) -> float:

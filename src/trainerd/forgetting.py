@@ -119,3 +119,28 @@ def matrix(layout: Layout) -> dict[str, Any]:
                      "backward_transfer": backward_transfer(man), "gate": gate.state(layout, name, man),
                      "probe_loss": ((man.get("scores") or {}).get("probe") or {}).get("loss")})
     return {"jobs": jobs, "names": {j: names.get(j, j) for j in jobs}, "versions": rows}
+
+
+def line_metrics(layout: Layout) -> Any:
+    """Prometheus families for /metrics: the current version's gate flag and backward
+    transfer, and how many versions the gate holds."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from trainerd import gate
+
+    flag = gate.current_flag(layout)
+    m = matrix(layout)
+    flagged = GaugeMetricFamily("trainerd_gate_flagged", "1 when the current version was flagged by the eval "
+                                "gate (warn) or is a held version made current by hand", labels=["version", "state"])
+    if flag:
+        flagged.add_metric([flag["version"], flag["state"]], 1.0)
+    yield flagged
+    yield GaugeMetricFamily("trainerd_gate_held_versions", "Versions the eval gate holds outside the line",
+                            value=float(sum(1 for r in m["versions"] if r["gate"] == "held")))
+    bwt = GaugeMetricFamily("trainerd_backward_transfer", "Mean change in loss on earlier jobs' recall samples "
+                            "caused by each version (parent's loss - version's; negative: forgetting), "
+                            "last 10 versions", labels=["version"])
+    for r in m["versions"][-10:]:
+        if r["backward_transfer"] is not None:
+            bwt.add_metric([r["version"]], r["backward_transfer"])
+    yield bwt

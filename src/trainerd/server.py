@@ -312,7 +312,7 @@ class App:
     loopback: bool = True
     data_map: DataMapConfig = field(default_factory=DataMapConfig)  # uploads validate as intake does
     jsonl: JsonlTail = field(default_factory=JsonlTail)
-    eval_tail: JsonlTail = field(default_factory=lambda: JsonlTail(4, (*EVAL_SERIES, "samples")))
+    eval_tail: JsonlTail = field(default_factory=lambda: JsonlTail(4, (*EVAL_SERIES, "samples", "groups")))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _submit_lock: threading.Lock = field(default_factory=threading.Lock)
     _facts: dict[str, tuple[tuple[int, int, int], int, int]] = field(default_factory=dict)
@@ -533,7 +533,10 @@ class App:
         }
 
     def models(self) -> dict[str, Any]:
-        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout)}
+        from trainerd import forgetting, gate
+
+        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout),
+                "matrix": forgetting.matrix(self.layout), "gate_overrides": gate.overrides(self.layout)}
 
     # ----------------------------------------------------------------- writes
     def control(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -718,6 +721,9 @@ class TrainerdCollector(Collector):
         except OSError:
             free = None
         yield gauge("trainerd_disk_free_bytes", "Free bytes on the base dir's filesystem", free)
+        from trainerd.forgetting import line_metrics
+
+        yield from line_metrics(layout)
 
 
 # --------------------------------------------------------------------------- HTTP plumbing
