@@ -48,7 +48,10 @@ def contradicting(n: int) -> list[dict]:
 def two_jobs(base) -> Layout:
     layout = Layout.at(base)
     (base / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in probe_rows()))
-    write_jsonl(base / "inbox" / "good.jsonl", chat_rows(32, "a"))
+    good = chat_rows(32, "a")
+    for i, r in enumerate(good):
+        r["skill"] = "odd" if i % 2 else "even"  # extra keys are kept and ignored by training
+    write_jsonl(base / "inbox" / "good.jsonl", good)
     cli("run", "--base-dir", base, "--once")
     write_jsonl(base / "inbox" / "bad.jsonl", contradicting(32))
     cli("run", "--base-dir", base, "--once")
@@ -144,6 +147,18 @@ def test_warn_flags_it_and_the_matrix_and_tags_are_what_the_weights_say(tmp_path
     assert bwt == {"v0002": pytest.approx(shown["recall"]["backward_transfer"])}
     assert [r["version"] for r in app.models()["matrix"]["versions"]] == ["v0001", "v0002"]
     assert app.evals({})["latest"]["groups"]["skill"].keys() == {"odd", "even"}
+    # Recall samples carry tags too (the good job's rows are tagged like the probe set).
+    assert manifest(layout, "v0002")["scores"]["recall_groups"][good_id]["skill"].keys() == {"odd", "even"}
+
+    # TensorBoard: one run for the line, its step continuing across the two jobs (16 steps each).
+    from tests.worker.test_evals import scalars
+
+    tb: dict = {}
+    for f in sorted((layout.base / "tensorboard" / "line").glob("events.out.tfevents.*")):
+        for tag, points in scalars(f).items():
+            tb.setdefault(tag, []).extend(points)
+    assert [st for st, _ in tb["train/loss"]] == list(range(1, 33))
+    assert [st for st, _ in tb["probe/loss"]] == [16, 32] and manifest(layout, "v0002")["line_step"] == 32
 
 
 def recompute(layout: Layout, tiny_model, version: str, job_id: str) -> float:

@@ -328,7 +328,8 @@ function gateBadge(v, m) {
 function renderMatrix(m) {
   const mx = (m && m.matrix) || { jobs: [], versions: [] };
   const rows = mx.versions || [];
-  $("matrix-card").hidden = !rows.length;
+  $("matrix-card").hidden = !rows.length && !(m.versions || []).length;
+  $("matrix-table").hidden = !rows.length;
   if (!rows.length) return;
   const vals = rows.flatMap((r) => Object.values(r.recall || {})).filter((x) => x !== null && isFinite(x));
   const lo = Math.min(...vals), hi = Math.max(...vals);
@@ -343,6 +344,21 @@ function renderMatrix(m) {
     h("td", {}, r.version, r.gate ? h("span", { class: "badge bad" }, r.gate) : null),
     ...mx.jobs.map((j) => cell((r.recall || {})[j])),
     h("td", { class: "num" }, r.backward_transfer === null ? dash : r.backward_transfer.toFixed(3)))));
+}
+
+// The whole line as one curve: each version at its line step (steps since the base model),
+// its final training loss (solid) and probe loss (faint, dotted where measured).
+function renderLine(m) {
+  const vs = (m.versions || []).filter((v) => v.line_step !== undefined && v.line_step !== null)
+    .sort((a, b) => a.line_step - b.line_step);
+  $("line-chart-wrap").hidden = !vs.length;
+  if (!vs.length) return;
+  const probe = vs.map((v) => ((v.scores || {}).probe || {}).loss ?? null);
+  drawChart($("line-chart"), { xs: vs.map((v) => v.line_step), color: "--accent-4", empty: "",
+    fmt: (v) => v.toFixed(Math.abs(v) < 10 ? 3 : 1),
+    xlabel: (i) => `${vs[i].version} · step ${fmtNum(vs[i].line_step)}`,
+    lines: [{ ys: vs.map((v) => v.final_loss ?? null), width: 1.5 },
+      { ys: probe, width: 1.5, alpha: 0.45, dots: probe.map((x) => x !== null) }] });
 }
 
 // Per-tag scores of the latest eval (eval.group_by).
@@ -618,6 +634,7 @@ async function refreshSlow(s, force) {
   renderHistory(jobs.jobs || [], s.now);
   renderModels(models, s.now);
   renderMatrix(models);
+  renderLine(models);
   renderEvals(evals);
   renderGroups(evals);
 }

@@ -206,7 +206,7 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
     done = scored == len(probe.examples) and len(samples) == len(probe.prompts)
     return {
         **_scores(per, samples),
-        "groups": _groups(probe, per, samples),
+        "groups": groups_of(probe, per, samples),
         "examples": scored, "tokens": tokens, "generated": len(samples),
         "probe_examples": len(probe), "probe_prompts": len(probe.prompts), "probe_sha": probe.sha,
         "complete": done, "stopped_by": None if done else ("stop" if stop else "max_seconds"),
@@ -241,7 +241,7 @@ def _scores(per: list[tuple[float, int]], samples: list[dict[str, Any]]) -> dict
     }
 
 
-def _groups(probe: Probe, per: list[tuple[float, int]], samples: list[dict[str, Any]]) -> dict[str, Any]:
+def groups_of(probe: Probe, per: list[tuple[float, int]], samples: list[dict[str, Any]]) -> dict[str, Any]:
     """{key: {value: scores}} for eval.group_by: the same measures as overall, per tag value."""
     out: dict[str, dict[str, Any]] = {}
     keys = {k for t in probe.example_tags + probe.prompt_tags for k in t}

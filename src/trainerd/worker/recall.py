@@ -82,14 +82,16 @@ class Scorer:
         self.problem: str | None = None
         self.parent_scores: dict[str, Any] = {"parent": parent.version, "probe": None, "recall": {}}
         self.sets: dict[str, evals.Probe] = {}
+        self.recall_groups: dict[str, Any] = {}
         parent_name = None if parent.version == "base" else parent.version
         for job in forgetting.window(layout, parent_name, meta.id, cfg.eval.recall_jobs):
             p = evals.load_probe(forgetting.recall_path(layout, job), tokenizer, cfg.train.max_seq_len, 0,
-                                 cfg.data.map)
+                                 cfg.data.map, cfg.eval.group_by)
             if p is not None:
                 self.sets[job] = p
 
     def _recall(self, model: Any, jobs: list[str]) -> dict[str, float | None]:
+        """Loss per job's sample; per-tag losses (eval.group_by) go to self.recall_groups."""
         deadline = time.monotonic() + self.cfg.eval.max_seconds
         out: dict[str, float | None] = {}
         with evals.isolated(model):
@@ -101,6 +103,9 @@ class Scorer:
                     out[job] = None
                 else:
                     out[job] = sum(s for s, _ in per) / tokens
+                    groups = evals.groups_of(self.sets[job], per, [])
+                    if groups:
+                        self.recall_groups[job] = groups
         return out
 
     def _probe(self, model: Any) -> dict[str, Any] | None:
@@ -143,12 +148,14 @@ class Scorer:
             probe = _probe_part(final_row)
             if self.probe is not None and not (probe and probe["complete"]):
                 probe = self._probe(model)
+            self.recall_groups = {}
             recall = self._recall(model, list(self.sets))
         except Exception as e:
             log.warning("scoring the new version failed", exc_info=True)
             self.problem = self.problem or f"scoring the new version failed: {type(e).__name__}: {e}"
             probe, recall = None, {}
-        scores = {"probe": probe if self.probe else None, "recall": recall}
+        scores = {"probe": probe if self.probe else None, "recall": recall,
+                  **({"recall_groups": self.recall_groups} if self.recall_groups else {})}
         cand = {**scores, "job": self.meta.id}
         g = gate.decide(self.cfg.gate, cand, self.parent_scores, self.parent.version, self.problem)
         log.info("gate (%s): %s", g["mode"], g["verdict"])
