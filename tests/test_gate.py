@@ -85,6 +85,9 @@ def test_block_holds_a_contradicting_job_and_rollback_overrides(tmp_path, tiny_m
     with sqlite3.connect(layout.state_db) as db:
         kinds = [json.loads(d)["action"] for (d,) in db.execute("SELECT data FROM events WHERE kind = 'gate'")]
     assert kinds == ["current", "held"]
+    from trainerd.lifecycle import replay_pool
+
+    assert [p.parent.name for p in replay_pool(layout)] == [good["id"]]  # held data is not replayed
 
     # A held version whose parent is no longer current needs --force, and says why.
     cli("models", "rollback", "base", "--base-dir", layout.base)
@@ -97,6 +100,7 @@ def test_block_holds_a_contradicting_job_and_rollback_overrides(tmp_path, tiny_m
     assert overrides["v0002"]["from"] == "v0001" and not overrides["v0002"]["force"]
     listed = {v["name"]: v for v in json.loads(cli("models", "list", "--base-dir", layout.base, "--json").stdout)}
     assert listed["v0002"]["gate_state"] == "override" and listed["v0002"]["current"]
+    assert len(replay_pool(layout)) == 2  # made current: its examples are in the line now
 
 
 def test_warn_flags_it_and_the_matrix_and_tags_are_what_the_weights_say(tmp_path, tiny_model):

@@ -158,3 +158,20 @@ def current_flag(layout: Layout) -> dict[str, Any] | None:
         if s:
             return {"version": name, "state": s, "verdict": (of_manifest(man) or {}).get("verdict")}
     return None
+
+
+def held_jobs(layout: Layout) -> set[str]:
+    """Done jobs whose version the gate holds (and nobody made current): their examples are
+    not in the line, so replay must not bring them back into it."""
+    if not layout.done.is_dir():
+        return set()
+    made_current = overrides(layout)
+    out = set()
+    for d in layout.done.iterdir():
+        try:
+            meta = atomic.read_json(d / "job.json")
+        except (OSError, ValueError):
+            continue
+        if (meta.get("gate") or {}).get("action") == "held" and meta.get("version") not in made_current:
+            out.add(d.name)
+    return out

@@ -624,13 +624,17 @@ def _nonblank_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def replay_pool(layout: Layout, exclude: str | None = None) -> list[Path]:
-    """Done jobs' data files, in arrival order (their ids sort by arrival)."""
+    """Done jobs' data files, in arrival order (their ids sort by arrival); not those of
+    jobs the eval gate held (their training is not in the line)."""
+    from trainerd.gate import held_jobs
+
     if not layout.done.is_dir():
         return []
     out = []
+    held = held_jobs(layout)
     for d in sorted(layout.done.iterdir()):
         p = d / DATA
-        if d.name != exclude and p.is_file() and not p.is_symlink():
+        if d.name != exclude and d.name not in held and p.is_file() and not p.is_symlink():
             out.append(p)
     return out
 
