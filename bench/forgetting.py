@@ -28,12 +28,12 @@ FIRST = 60
 
 # Each setting is TOML added to the demo's config (trainerd init --tiny-model).
 SETTINGS: dict[str, str] = {
-    "defaults": "",
-    "replay0.25": "[replay]\nfraction = 0.25\n",
-    "replay0.5": "[replay]\nfraction = 0.5\n",
-    "lr1e-3": "[train]\nlearning_rate = 1e-3\n",
-    "lr1e-3+replay0.25": "[train]\nlearning_rate = 1e-3\n[replay]\nfraction = 0.25\n",
-    "r4+replay0.25": "[train.lora]\nr = 4\nalpha = 8\n[replay]\nfraction = 0.25\n",
+    "defaults (replay off)": "[replay]\nfraction = 0\n",
+    "replay 0.25": "[replay]\nfraction = 0.25\n",
+    "replay 0.5": "[replay]\nfraction = 0.5\n",
+    "lr 1e-3": "[replay]\nfraction = 0\n[train]\nlearning_rate = 1e-3\n",
+    "lr 1e-3 + replay 0.5": "[train]\nlearning_rate = 1e-3\n[replay]\nfraction = 0.5\n",
+    "lr 5e-4 + replay 0.5": "[train]\nlearning_rate = 5e-4\n[replay]\nfraction = 0.5\n",
 }
 
 
@@ -66,7 +66,7 @@ def _toml(extra: str, model: Path) -> str:
 
 
 def run_setting(root: Path, model: Path, name: str, extra: str) -> dict:
-    base = root / name
+    base = root / name.replace(" ", "").replace("(", "-").replace(")", "")
     shutil.rmtree(base, ignore_errors=True)
     Layout.at(base).ensure()
     Layout.at(base).config.write_text(_toml(extra, model))
@@ -81,7 +81,9 @@ def run_setting(root: Path, model: Path, name: str, extra: str) -> dict:
     for d in layout.done.iterdir():
         meta = json.loads((d / "job.json").read_text())
         seconds += sum((a["ended_at"] or 0) - a["started_at"] for a in meta["attempts"])
-    return {"name": name, "seconds": seconds, "losses": losses(layout, model)}
+    trained = sum(json.loads((layout.models / v / "manifest.json").read_text())["sequences_trained"]
+                  for v in ("v0001", "v0002", "v0003"))
+    return {"name": name, "seconds": seconds, "trained": trained, "losses": losses(layout, model)}
 
 
 def losses(layout: Layout, model: Path) -> list[list[float]]:
@@ -122,19 +124,19 @@ def kept(r: list[list[float]], job: int, after: int) -> float:
 
 
 def report(results: list[dict]) -> str:
-    t0 = results[0]["seconds"] or 1.0
+    t0, n0 = results[0]["seconds"] or 1.0, results[0]["trained"] or 1
     out = ["| setting | version | " + " | ".join(FILES) + " |", "|---|---|---|---|---|"]
     for res in results:
         for i, row in enumerate(res["losses"]):
             label = "base" if i == 0 else f"v000{i} ({FILES[i - 1]})"
             out.append(f"| {res['name']} | {label} | " + " | ".join(f"{x:.2f}" for x in row) + " |")
-    out += ["", "| setting | arithmetic kept after 2 jobs | capitals kept after 1 job | worst | time vs first |",
-            "|---|---|---|---|---|"]
+    out += ["", "| setting | arithmetic kept after 2 jobs | capitals kept after 1 job | worst | "
+            "sequences trained vs first | wall time vs first |", "|---|---|---|---|---|---|"]
     for res in results:
         r = res["losses"]
         a, c = kept(r, 0, 3), kept(r, 1, 3)
-        out.append(f"| {res['name']} | {a:.0%} | {c:.0%} | {min(a, c):.0%} | {res['seconds'] / t0:.2f}x "
-                   f"({res['seconds']:.0f} s) |")
+        out.append(f"| {res['name']} | {a:.0%} | {c:.0%} | {min(a, c):.0%} | {res['trained'] / n0:.2f}x "
+                   f"({res['trained']}) | {res['seconds'] / t0:.2f}x ({res['seconds']:.0f} s) |")
     return "\n".join(out)
 
 

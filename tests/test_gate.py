@@ -163,6 +163,8 @@ def test_warn_flags_it_and_the_matrix_and_tags_are_what_the_weights_say(tmp_path
             tb.setdefault(tag, []).extend(points)
     assert [st for st, _ in tb["train/loss"]] == list(range(1, 33))
     assert [st for st, _ in tb["probe/loss"]] == [16, 32] and manifest(layout, "v0002")["line_step"] == 32
+    assert tb[f"recall/{good_id}"] == [(16, pytest.approx(m[0][good_id], rel=1e-5)),
+                                       (32, pytest.approx(m[1][good_id], rel=1e-5))]
 
 
 def recompute(layout: Layout, tiny_model, version: str, job_id: str) -> float:

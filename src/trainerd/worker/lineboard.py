@@ -4,7 +4,8 @@ Beside each job's own run (job_dir/tensorboard, steps from 1), this run's step c
 across jobs: a version records `line_step` (its parent's plus its own steps) in its
 manifest, and the next job logs at that offset. `tensorboard --logdir BASE` then shows the
 per-job runs and the line's whole history as one curve: training loss and learning rate
-per step, and at each job's end its probe scores (overall and per tag) and recall losses.
+per step, and at each job's end its probe scores (overall and per tag) and its recall loss
+on each job's sample (`recall/<job-id>`: a column of the forgetting matrix) and their mean.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def callback(layout: Layout, parent: ModelRef) -> Any:
                     for value, sc in values.items():
                         if sc.get(key) is not None:
                             writer.add_scalar(f"probe_{tag}/{value}/{key}", sc[key], step)
+            # A column of the forgetting matrix per job: its recall loss at each later version.
+            for job, loss in (s.get("recall") or {}).items():
+                if loss is not None:
+                    writer.add_scalar(f"recall/{job}", loss, step)
             recall = [v for v in (s.get("recall") or {}).values() if v is not None]
             if recall:
                 writer.add_scalar("recall/mean_loss", sum(recall) / len(recall), step)
