@@ -58,3 +58,26 @@ def test_the_recall_sample_is_fixed_by_the_job_id_and_written_once(tmp_path):
     (job / "data.jsonl").write_text("")
     assert write_sample(layout, job, meta, 8).read_text() == first  # written once
     assert write_sample(layout, job, meta.model_copy(update={"id": "20261201T000000-000002-r"}), 0) is None
+
+
+def test_a_scoring_that_times_out_is_an_unknown_gate_result_not_a_pass(tmp_path, tok, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from trainerd.config import Config
+    from trainerd.worker.models import ModelRef
+    from trainerd.worker.recall import Scorer
+
+    layout = Layout.at(tmp_path / "base")
+    layout.ensure()
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(10, "u")))
+    meta = JobMeta(id="20261201T000000-000003-u", original_name="u.jsonl", sha256="x", size=1, examples=10)
+    write_sample(layout, job, meta, 4)
+    cfg = Config(base_model=str(tiny_model), gate={"mode": "block"}, eval={"max_seconds": 1e-9})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    scorer = Scorer(layout, cfg, meta, ModelRef("base", "base", str(tiny_model)), tok, job, None)
+    scorer.before(model)
+    out = scorer.after(model, None)
+    assert out["gate"]["result"] == "unknown" and out["gate"]["action"] == "held"
+    assert "timed out" in out["gate"]["verdict"] and out["scores"]["recall"] == {meta.id: None}
