@@ -28,7 +28,7 @@ FIRST = 60
 
 # Each setting is TOML added to the demo's config (trainerd init --tiny-model).
 SETTINGS: dict[str, str] = {
-    "defaults (replay off)": "[replay]\nfraction = 0\n",
+    "replay off (old default)": "[replay]\nfraction = 0\n",
     "replay 0.25": "[replay]\nfraction = 0.25\n",
     "replay 0.5": "[replay]\nfraction = 0.5\n",
     "lr 1e-3": "[replay]\nfraction = 0\n[train]\nlearning_rate = 1e-3\n",
