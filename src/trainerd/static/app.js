@@ -336,12 +336,14 @@ function renderMatrix(m) {
   const cell = (x) => {
     if (x === null || x === undefined) return h("td", { class: "num muted" }, dash);
     const t = hi > lo ? (x - lo) / (hi - lo) : 0;
-    return h("td", { class: "num heat", style: `background: hsla(${(1 - t) * 120}, 70%, 45%, 0.35)` }, x.toFixed(3));
+    const td = h("td", { class: "num heat" }, x.toFixed(3));
+    td.style.backgroundColor = `hsla(${(1 - t) * 120}, 70%, 45%, 0.35)`;  // CSSOM: allowed by the CSP, a style attribute is not
+    return td;
   };
   $("matrix-table").tHead.replaceChildren(h("tr", {}, h("th", {}, "Version"),
     ...mx.jobs.map((j) => h("th", { class: "num", title: j }, (mx.names || {})[j] || j)), h("th", { class: "num" }, "Backward transfer")));
   $("matrix-table").tBodies[0].replaceChildren(...rows.map((r) => h("tr", {},
-    h("td", {}, r.version, r.gate ? h("span", { class: "badge bad" }, r.gate) : null),
+    h("td", {}, r.version, r.gate ? h("span", { class: `badge ${r.gate === "flagged" ? "warn" : "bad"}` }, r.gate) : null),
     ...mx.jobs.map((j) => cell((r.recall || {})[j])),
     h("td", { class: "num" }, r.backward_transfer === null ? dash : r.backward_transfer.toFixed(3)))));
 }
