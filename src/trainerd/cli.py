@@ -169,7 +169,7 @@ def status(
     if m.get("gate"):
         out.print(f"gate:   [yellow]{m['gate']['state']}[/] {escape(str(m['gate']['verdict']))}", highlight=False)
     for j in s["done"]:
-        if (j.get("gate") or {}).get("action") == "held":
+        if (j.get("gate") or {}).get("action") == "held" and j.get("version") != m["version"]:
             out.print(f"[yellow]held[/] {j.get('version')} ({escape(str(j['name']))}): "
                       f"{escape(str(j['gate'].get('verdict')))}; `trainerd models rollback {j.get('version')}` "
                       "makes it current", highlight=False)
