@@ -543,7 +543,7 @@ def _print_scores(info: dict[str, Any]) -> None:
     g = info.get("extra", {}).get("gate")
     if g:
         out.print(f"  gate ({g.get('mode')}): {escape(str(g.get('verdict')))}"
-                  + (f" [{info['gate_state']}]" if info.get("gate_state") else ""), highlight=False)
+                  + (escape(f" [{info['gate_state']}]") if info.get("gate_state") else ""), highlight=False)
     row, m = info.get("recall"), info.get("matrix") or {}
     if row:
         bwt = row.get("backward_transfer")
