@@ -79,7 +79,11 @@ poll_seconds = 0.2
 heartbeat_seconds = 0.5
 [server]
 port = 0
+[replay]
+fraction = 0
 """
+# Replay is on by default (0.25); the tests pin it off so a test counts exactly its own
+# examples, and the tests of replay turn it on themselves.
 
 
 def make_base(root: Path, model: Path | str, extra: str = "") -> Path:

@@ -178,7 +178,9 @@ def test_status_jobs_and_models(server, layout, tmp_path):
     err = get_json(server.url + f"api/jobs/{bad.id}")["error"]
     assert err["errors"][0]["line"] == 2
 
-    assert get_json(server.url + "api/models") == {"current": {"version": "base"}, "versions": []}
+    assert get_json(server.url + "api/models") == {"current": {"version": "base"}, "versions": [],
+                                                   "matrix": {"jobs": [], "names": {}, "versions": []},
+                                                   "gate_overrides": {}}
 
 
 @pytest.mark.parametrize("path", [

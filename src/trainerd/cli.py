@@ -203,6 +203,13 @@ def status(
         state = "[green]ok[/]" if o.get("ok") else f"[red]failed[/] ({escape(str(o.get('error')))})"
         out.print(f"publish {hook}: {o.get('version')} {state}, {o.get('attempts')} attempt(s), {_ago(o.get('at'))}",
                   highlight=False)
+    if m.get("gate"):
+        out.print(f"gate:   [yellow]{m['gate']['state']}[/] {escape(str(m['gate']['verdict']))}", highlight=False)
+    for j in s["done"]:
+        if (j.get("gate") or {}).get("action") == "held" and j.get("version") != m["version"]:
+            out.print(f"[yellow]held[/] {j.get('version')} ({escape(str(j['name']))}): "
+                      f"{escape(str(j['gate'].get('verdict')))}; `trainerd models rollback {j.get('version')}` "
+                      "makes it current", highlight=False)
     for a in s["active"]:
         p = a.get("progress") or {}
         step, total = p.get("step"), p.get("max_steps")
@@ -552,23 +559,25 @@ def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "-
                 limit: int = typer.Option(30, "--limit", "-n", min=1, help="the newest N versions (and the current)"),
                 show_all: bool = typer.Option(False, "--all", help="every version")) -> None:
     """Model versions, oldest first; * marks the current one, ! a damaged one."""
+    from trainerd import gate
     from trainerd.lifecycle import list_versions
     from trainerd.worker.models import versions as version_names
 
     layout = _layout(base_dir)
     versions = list_versions(layout, None if show_all else limit)
     hidden = 0 if show_all else max(0, len(version_names(layout)) - len(versions))
+    states = {v.name: gate.state(layout, v.name, v.extra) for v in versions}
     if as_json:
-        out.print_json(json.dumps([v.to_dict() for v in versions], default=str))
+        out.print_json(json.dumps([{**v.to_dict(), "gate_state": states[v.name]} for v in versions], default=str))
         return
     t = Table()
-    for col in ("", "version", "kind", "parent", "loads on", "jobs", "size", "created"):
+    for col in ("", "version", "kind", "parent", "loads on", "jobs", "size", "created", "gate"):
         t.add_column(col)
     for v in versions:
         t.add_row("*" if v.current else "!" if v.problem else "", v.name, str(v.kind), str(v.parent),
                   v.needs or ("base_model" if v.kind == "adapter" else "-"),
                   ", ".join(j.get("name", j.get("id", "?")) for j in v.jobs), _bytes(v.bytes),
-                  _ago(v.created_at))
+                  _ago(v.created_at), escape(_gate_cell(states[v.name], v.extra.get("gate"))))
     out.print(t)
     if hidden and not as_json:
         out.print(f"({hidden} older version(s) not shown; --all or --limit N)")
@@ -598,19 +607,55 @@ def models_show(version: str = typer.Argument("current"), base_dir: Path = BaseD
         out.print(f"  {_bytes(info['bytes'])}, created {_ago(info['created_at'])}, {info['path']}")
         if info["snapshots"]:
             out.print(f"  snapshots: {', '.join(info['snapshots'])}")
+        _print_scores(info)
         for p in info["problems"]:
             out.print(f"  [red]problem:[/] {escape(p)}", highlight=False)
     raise typer.Exit(0 if info["ok"] else 1)
 
 
+def _gate_cell(state: str, g: dict[str, Any] | None) -> str:
+    if not state:
+        return "" if not g else g.get("result", "")
+    return f"{state.upper()}: {(g or {}).get('verdict', '')}"
+
+
+def _print_scores(info: dict[str, Any]) -> None:
+    """The gate's verdict, this version's row of the forgetting matrix, and the matrix."""
+    g = info.get("extra", {}).get("gate")
+    if g:
+        out.print(f"  gate ({g.get('mode')}): {escape(str(g.get('verdict')))}"
+                  + (escape(f" [{info['gate_state']}]") if info.get("gate_state") else ""), highlight=False)
+    row, m = info.get("recall"), info.get("matrix") or {}
+    if row:
+        bwt = row.get("backward_transfer")
+        out.print(f"  backward transfer {'-' if bwt is None else f'{bwt:+.4f}'} (negative: forgot earlier jobs); "
+                  f"own job {_loss(row.get('before'))} -> {_loss(row['recall'].get(row['job']))}")
+    if m.get("versions"):
+        t = Table(title="forgetting matrix: loss of each version (row) on each job's recall sample")
+        t.add_column("version")
+        for j in m["jobs"]:
+            t.add_column(m["names"].get(j, j)[:18])
+        t.add_column("bwt")
+        for r in m["versions"]:
+            bwt = r.get("backward_transfer")
+            t.add_row(r["version"] + (f" ({r['gate']})" if r.get("gate") else ""),
+                      *[_loss(r["recall"].get(j)) for j in m["jobs"]], "-" if bwt is None else f"{bwt:+.3f}")
+        out.print(t)
+
+
 @models_app.command("rollback")
-def models_rollback(version: str = typer.Argument(..., help="vNNNN, or base"), base_dir: Path = BaseDir) -> None:
-    """Make VERSION current; nothing is deleted. The next job trains from it."""
+def models_rollback(version: str = typer.Argument(..., help="vNNNN, or base"), base_dir: Path = BaseDir,
+                    force: bool = typer.Option(False, "--force", help="make a held version current even "
+                                               "though its parent is no longer current")) -> None:
+    """Make VERSION current; nothing is deleted. The next job trains from it. A version the
+    eval gate held becomes current as a recorded override."""
     from trainerd.lifecycle import rollback
 
     layout = _layout(base_dir)
-    r = _lifecycle_call(rollback, layout, version)
-    _record(layout, "rollback", **r)
+    r = _lifecycle_call(rollback, layout, version, force=force)
+    _record(layout, "gate_override" if r.get("override") else "rollback", **r)
+    if r.get("override"):
+        out.print(f"override: {r['to']} was held by the eval gate ({escape(str(r.get('verdict')))})", highlight=False)
     out.print(f"current: {r['from']} -> {r['to']}; the next job trains from {r['to']}")
 
 

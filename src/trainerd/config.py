@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Sections defined beside the code that uses them (schedule.py imports nothing of ours
 # that imports this module, so there is no import cycle).
+from trainerd.gate import GateConfig
 from trainerd.schedule import ConsolidateConfig, ReplayConfig, RetentionConfig, ScheduleConfig
 
 
@@ -114,6 +115,11 @@ class EvalConfig(_Section):
     generate_examples: int = Field(8, ge=0, description="greedy generations compared with the expected answer")
     max_new_tokens: int = Field(64, ge=1)
     max_seconds: float = Field(60.0, gt=0, description="time bound per eval; stops early and records how far it got")
+    recall_examples: int = Field(32, ge=0, description="fixed sample of each job's own examples kept to "
+                                 "measure forgetting (a copy; still trained); 0 = no forgetting matrix")
+    recall_jobs: int = Field(8, ge=0, description="each new version is scored on the last N jobs' recall samples")
+    group_by: list[str] = Field(default_factory=list, description="tag keys (top level, then under "
+                                "`metadata`) whose values get their own scores, e.g. ['skill']")
 
 
 class PublishConfig(_Section):
@@ -161,6 +167,7 @@ class Config(_Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
 
@@ -310,7 +317,8 @@ max_done_data_gb = 0
 keep_rejected = 2            # failed consolidations kept for inspection
 
 [replay]
-fraction = 0.0               # add ceil(fraction x a job's examples) old examples to its epoch (0 = off)
+fraction = 0.25              # add ceil(fraction x a job's examples) old examples to its epoch, against
+                             # forgetting (docs/BENCHMARKS.md: 41 % -> >= 90 % of each job's gain kept); 0 = off
 max_examples = 2000          # at most this many per job
 
 [eval]
@@ -319,6 +327,15 @@ every_steps = 0              # also evaluate every N steps; 0 = only at the end 
 generate_examples = 8        # greedy answers compared with the expected last assistant turn
 max_new_tokens = 64
 max_seconds = 60             # per eval: stops early (and records how many it did) past this
+recall_examples = 32         # a fixed copy of each job's examples, to measure forgetting (docs/EVALS.md)
+recall_jobs = 8              # each new version is scored on the last N jobs' recall samples
+group_by = []                # tags scored per value, e.g. ["skill"] (top level, then under "metadata")
+
+[gate]
+mode = "warn"                # after each job, candidate vs parent: "off", "warn" (flag), "block" (hold)
+max_probe_regression = 0.05  # relative rise in probe loss allowed
+max_exact_match_drop = 0.05  # absolute drop in probe exact match allowed
+max_recall_regression = 0.10 # relative rise in loss on earlier jobs' recall samples allowed
 
 [publish]                    # serving follows training (docs/SERVING.md): on every change of models/current
 command = []                 # e.g. ["/usr/local/bin/reload-vllm"]: env TRAINERD_VERSION, TRAINERD_VERSION_DIR,

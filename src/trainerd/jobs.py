@@ -151,6 +151,10 @@ class JobMeta(BaseModel):
     dropped: int = 0  # sequences left out by train.overlength (or a prompt alone too long)
     truncated: int = 0
     nonfinite_events: int = 0
+    # The eval gate's record of the version this job published (trainerd.gate): result,
+    # action (current / flagged / held), verdict such as "held: probe loss +12 % vs v0007".
+    gate: dict[str, Any] | None = None
+    version: str | None = None  # the version it published (current or held)
 
     @property
     def failed_attempts(self) -> int:

@@ -48,6 +48,18 @@ CREATE TABLE IF NOT EXISTS evals (
     PRIMARY KEY (job_id, attempt, step)
 );
 CREATE INDEX IF NOT EXISTS evals_ts ON evals(ts);
+CREATE TABLE IF NOT EXISTS eval_groups (  -- per-tag scores of an eval (eval.group_by)
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    tag TEXT NOT NULL,
+    value TEXT NOT NULL,
+    loss REAL,
+    exact_match REAL,
+    similarity REAL,
+    examples INTEGER,
+    PRIMARY KEY (job_id, attempt, step, tag, value)
+);
 """
 
 EVAL_COLS = ("job_id", "attempt", "step", "ts", "final", "loss", "exact_match", "similarity")
@@ -91,6 +103,12 @@ class Ledger:
                  json.dumps({k: v for k, v in r.items() if k not in EVAL_COLS}, default=str))
                 for r in rows
             ],
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO eval_groups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(job_id, attempt, r["step"], tag, value, sc.get("loss"), sc.get("exact_match"),
+              sc.get("similarity"), sc.get("examples"))
+             for r in rows for tag, values in (r.get("groups") or {}).items() for value, sc in values.items()],
         )
 
     def events(self, job_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

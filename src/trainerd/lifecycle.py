@@ -225,8 +225,14 @@ def show(layout: Layout, name: str) -> dict[str, Any]:
     v = _version(layout, name, current_name(layout), check_hashes=True)
     found = problems(layout, name)
     snaps = [s["name"] for s in list_snapshots(layout) if name in (s.get("snapshot_of"), s.get("needs"))]
+    from trainerd import forgetting, gate
+
+    m = forgetting.matrix(layout)
+    row = next((r for r in m["versions"] if r["version"] == name), None)
     return {**v.to_dict(), "ok": not found, "problems": found, "chain": chain(layout, name),
-            "snapshots": snaps, "path": str(layout.models / name)}
+            "snapshots": snaps, "path": str(layout.models / name),
+            "gate_state": gate.state(layout, name, v.extra), "recall": row,
+            "matrix": m}
 
 
 # ------------------------------------------------------------------ locking
@@ -271,10 +277,14 @@ def training_job(layout: Layout) -> str | None:
 
 
 # ------------------------------------------------------------------ rollback
-def rollback(layout: Layout, name: str, *, lock_timeout: float = 10.0) -> dict[str, Any]:
+def rollback(layout: Layout, name: str, *, lock_timeout: float = 10.0, force: bool = False) -> dict[str, Any]:
     """Point `current` at `name` (or "base"), atomically; every version is kept. The next
     job trains from it. Refused for a version (or its base) that does not verify, and
-    while a worker is training (it would publish on top of the old current)."""
+    while a worker is training (it would publish on top of the old current). A version the
+    eval gate held becomes current as a recorded override; if its parent is no longer
+    current that would drop later training, so it needs force."""
+    from trainerd import gate
+
     job = training_job(layout)
     if job is not None:
         raise LifecycleError(
@@ -292,7 +302,18 @@ def rollback(layout: Layout, name: str, *, lock_timeout: float = 10.0) -> dict[s
             found = problems(layout, name)
             if found:
                 raise LifecycleError(f"refusing to make {name} current: {'; '.join(found)}")
+            man = _manifest(layout.models / name) or {}
+            override = gate.is_held(man)
+            if override:
+                why = gate.override_problem(man, name, before, force)
+                if why:
+                    raise LifecycleError(why)
+                gate.record_override(layout, name, before, force)
             models.set_current(layout, name)
+            if override:
+                log.warning("rollback: %s was held by the eval gate; made current as an override", name)
+                return {"from": before or "base", "to": name, "override": True, "force": force,
+                        "verdict": (gate.of_manifest(man) or {}).get("verdict")}
     log.info("rollback: current %s -> %s", before or "base", name)
     return {"from": before or "base", "to": name}
 
@@ -613,13 +634,17 @@ def _nonblank_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def replay_pool(layout: Layout, exclude: str | None = None) -> list[Path]:
-    """Done jobs' data files, in arrival order (their ids sort by arrival)."""
+    """Done jobs' data files, in arrival order (their ids sort by arrival); not those of
+    jobs the eval gate held (their training is not in the line)."""
+    from trainerd.gate import held_jobs
+
     if not layout.done.is_dir():
         return []
     out = []
+    held = held_jobs(layout)
     for d in sorted(layout.done.iterdir()):
         p = d / DATA
-        if d.name != exclude and p.is_file() and not p.is_symlink():
+        if d.name != exclude and d.name not in held and p.is_file() and not p.is_symlink():
             out.append(p)
     return out
 

@@ -202,6 +202,11 @@ class TrainerdCollector(Collector):
             du = None
         yield gauge("trainerd_disk_free_bytes", "Free bytes on the base dir's filesystem", du and du.free)
         yield gauge("trainerd_disk_total_bytes", "Size of the base dir's filesystem", du and du.total)
+        from trainerd.forgetting import (
+            line_metrics,  # gate flags, backward transfer (docs/EVALS.md)
+        )
+
+        yield from line_metrics(layout)
 
     def _queue(self) -> Iterator[Metric]:
         counts = self.app.queue().counts()

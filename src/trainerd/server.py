@@ -324,7 +324,7 @@ class App:
     loopback: bool = True
     data_map: DataMapConfig = field(default_factory=DataMapConfig)  # uploads validate as intake does
     jsonl: JsonlTail = field(default_factory=JsonlTail)
-    eval_tail: JsonlTail = field(default_factory=lambda: JsonlTail(4, (*EVAL_SERIES, "samples")))
+    eval_tail: JsonlTail = field(default_factory=lambda: JsonlTail(4, (*EVAL_SERIES, "samples", "groups")))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _submit_lock: threading.Lock = field(default_factory=threading.Lock)
     _facts: dict[str, tuple[tuple[int, int, int], int, int]] = field(default_factory=dict)
@@ -552,12 +552,16 @@ class App:
         }
 
     def models(self, query: dict[str, str]) -> dict[str, Any]:
-        """The newest `limit` versions (default 50): months of training make hundreds."""
+        """The newest `limit` versions (default 50): months of training make hundreds; with
+        the forgetting matrix and the gate's overrides (docs/EVALS.md)."""
+        from trainerd import forgetting, gate
+
         try:
             limit = max(1, min(int(query.get("limit", "50")), 5000))
         except ValueError:
             raise HttpError(400, "limit must be an integer") from None
-        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout, limit)}
+        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout, limit),
+                "matrix": forgetting.matrix(self.layout), "gate_overrides": gate.overrides(self.layout)}
 
     # ----------------------------------------------------------------- writes
     def control(self, action: str, body: dict[str, Any]) -> dict[str, Any]:

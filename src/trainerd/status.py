@@ -53,8 +53,10 @@ def current_model(layout: Layout) -> dict[str, Any]:
         return {"version": "base"}
     name = os.readlink(link)
     man = _read(layout.models / name / atomic.MANIFEST) or {}
+    from trainerd import gate
+
     return {"version": name, "kind": man.get("kind"), "parent": man.get("parent"),
-            "jobs": [j.get("id") for j in man.get("jobs", [])]}
+            "jobs": [j.get("id") for j in man.get("jobs", [])], "gate": gate.current_flag(layout)}
 
 
 def job_summary(ref: JobRef) -> dict[str, Any]:
@@ -75,6 +77,7 @@ def job_summary(ref: JobRef) -> dict[str, Any]:
         "examples_done": meta.examples_done, "steps_done": meta.steps_done,
         "first_loss": curve[0] if curve else None, "last_loss": curve[-1] if curve else None,
         "sequences": meta.sequences, "tokens": meta.tokens, "dropped": meta.dropped, "truncated": meta.truncated,
+        "version": meta.version, "gate": meta.gate,
     }
     if meta.sequences is None and ref.state in (JobState.QUEUED, JobState.ACTIVE):
         counts = token_counts(ref.path)  # tokenized while it waits (trainerd.tokstage)

@@ -512,6 +512,7 @@ class Supervisor:
         if outcome == Outcome.FINISHED:
             if r.skip is not None:
                 control.clear_skip(self.layout)  # it finished first; the skip has no target left
+            self._record_gate(r.ref, meta)
             self._record_publish(r, meta)
             self.queue.finish(r.ref)
             return
@@ -567,6 +568,22 @@ class Supervisor:
         self._event(TRAINED_EVENT, r.ref.id, **facts)
         line = oplog.publish_line(r.ref.id, meta.original_name, facts, oplog.final_probe(r.ref.path, r.attempt))
         log.info("%s", line, extra={"job_id": r.ref.id, "attempt": r.attempt, "version": version})
+
+    def _record_gate(self, ref: JobRef, meta: JobMeta) -> None:
+        """The version the job published and the eval gate's decision, into job.json and
+        state.db (the version's manifest holds the original)."""
+        from trainerd.forgetting import version_of_job
+
+        found = version_of_job(self.layout, ref.id)
+        if found is None:
+            return
+        meta.version, meta.gate = found[0], found[1].get("gate")
+        with contextlib.suppress(OSError):  # history for people; the version itself is on disk
+            meta.save(ref.path)
+        if meta.gate:
+            log.log(logging.WARNING if meta.gate.get("action") != "current" else logging.INFO,
+                    "%s: %s %s", ref.id, found[0], meta.gate.get("verdict"))
+            self._event("gate", ref.id, version=found[0], **meta.gate)
 
     def _oom_fallback(self, ref: JobRef, meta: JobMeta, error: str | None) -> None:
         """Out of memory: same effective batch in smaller micro-batches, from the last

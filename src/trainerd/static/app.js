@@ -293,7 +293,7 @@ function renderModels(m, now) {
   const cur = (m.current || {}).version;
   $("models-table").tBodies[0].replaceChildren(...versions.map((v) => h("tr", {},
     h("td", { class: v.version === cur ? "current" : null }, v.version,
-      v.version === cur ? h("span", { class: "badge ok" }, "current") : null),
+      v.version === cur ? h("span", { class: "badge ok" }, "current") : null, gateBadge(v, m)),
     h("td", {}, v.broken ? "manifest missing" : (v.kind || dash)),
     h("td", { class: "file" }, (v.jobs || []).map((j) => j.name || j.id).join(", ") || dash,
       v.final_loss !== undefined && v.final_loss !== null ? h("span", { class: "mono" }, `final loss ${fmtLoss(v.final_loss)}`) : null),
@@ -305,6 +305,66 @@ function renderModels(m, now) {
         wish("rollback", { version: v.version }, `roll back to ${v.version}`) }, "Roll back")))));
   $("models-table").hidden = !versions.length;
   $("models-empty").hidden = !!versions.length;
+}
+
+// The eval gate's mark on a version: held (outside the line), override (held, made current
+// by hand), flagged (published under warn); the verdict as its tooltip.
+function gateBadge(v, m) {
+  const g = v.gate;
+  if (!g || g.action === "current") return null;
+  const overridden = g.action === "held" && (m.gate_overrides || {})[v.version];
+  const label = overridden ? "override" : g.action;
+  return h("span", { class: `badge ${label === "flagged" ? "warn" : "bad"}`, title: g.verdict }, label);
+}
+
+// The forgetting matrix as a heatmap: loss of each version (row) on each job's recall
+// sample (column), coloured from the lowest (green) to the highest (red) loss shown.
+function renderMatrix(m) {
+  const mx = (m && m.matrix) || { jobs: [], versions: [] };
+  const rows = mx.versions || [];
+  $("matrix-card").hidden = !rows.length && !(m.versions || []).length;
+  $("matrix-table").hidden = !rows.length;
+  if (!rows.length) return;
+  const vals = rows.flatMap((r) => Object.values(r.recall || {})).filter((x) => x !== null && isFinite(x));
+  const lo = Math.min(...vals), hi = Math.max(...vals);
+  const cell = (x) => {
+    if (x === null || x === undefined) return h("td", { class: "num muted" }, dash);
+    const t = hi > lo ? (x - lo) / (hi - lo) : 0;
+    const td = h("td", { class: "num heat" }, x.toFixed(3));
+    td.style.backgroundColor = `hsla(${(1 - t) * 120}, 70%, 45%, 0.35)`;  // CSSOM: allowed by the CSP, a style attribute is not
+    return td;
+  };
+  $("matrix-table").tHead.replaceChildren(h("tr", {}, h("th", {}, "Version"),
+    ...mx.jobs.map((j) => h("th", { class: "num", title: j }, (mx.names || {})[j] || j)), h("th", { class: "num" }, "Backward transfer")));
+  $("matrix-table").tBodies[0].replaceChildren(...rows.map((r) => h("tr", {},
+    h("td", {}, r.version, r.gate ? h("span", { class: `badge ${r.gate === "flagged" ? "warn" : "bad"}` }, r.gate) : null),
+    ...mx.jobs.map((j) => cell((r.recall || {})[j])),
+    h("td", { class: "num" }, r.backward_transfer === null ? dash : r.backward_transfer.toFixed(3)))));
+}
+
+// The whole line as one curve: each version at its line step (steps since the base model),
+// its final training loss (solid) and probe loss (faint, dotted where measured).
+function renderLine(m) {
+  const vs = (m.versions || []).filter((v) => v.line_step !== undefined && v.line_step !== null)
+    .sort((a, b) => a.line_step - b.line_step);
+  $("line-chart-wrap").hidden = !vs.length;
+  if (!vs.length) return;
+  const probe = vs.map((v) => ((v.scores || {}).probe || {}).loss ?? null);
+  drawChart($("line-chart"), { xs: vs.map((v) => v.line_step), color: "--accent-4", empty: "",
+    fmt: (v) => v.toFixed(Math.abs(v) < 10 ? 3 : 1),
+    xlabel: (i) => `${vs[i].version} · step ${fmtNum(vs[i].line_step)}`,
+    lines: [{ ys: vs.map((v) => v.final_loss ?? null), width: 1.5 },
+      { ys: probe, width: 1.5, alpha: 0.45, dots: probe.map((x) => x !== null) }] });
+}
+
+// Per-tag scores of the latest eval (eval.group_by).
+function renderGroups(e) {
+  const groups = ((e && e.latest) || {}).groups || {};
+  const rows = Object.entries(groups).flatMap(([tag, vals]) => Object.entries(vals).map(([v, sc]) => h("tr", {},
+    h("td", {}, `${tag} = ${v}`), h("td", { class: "num" }, fmtNum(sc.examples)), h("td", { class: "num" }, fmtLoss(sc.loss)),
+    h("td", { class: "num" }, fmtPct(sc.exact_match)))));
+  $("evals-groups").hidden = !rows.length;
+  $("evals-groups").tBodies[0].replaceChildren(...rows);
 }
 
 // ------------------------------------------------------------------ charts
@@ -571,7 +631,10 @@ async function refreshSlow(s, force) {
   for (const j of [...(jobs.jobs || []), ...(s.active || [])]) ui.names.set(j.id, j.name || j.id);
   renderHistory(jobs.jobs || [], s.now);
   renderModels(models, s.now);
+  renderMatrix(models);
+  renderLine(models);
   renderEvals(evals);
+  renderGroups(evals);
 }
 
 let inflight = false;

@@ -54,6 +54,9 @@ class Probe:
     examples: list[tuple[list[int], list[int]]]  # (input_ids, trainable mask), for the loss
     prompts: list[tuple[int, list[int], str]] = field(default_factory=list)  # (line, prompt ids, expected)
     lines: list[int] = field(default_factory=list)  # the probe file's record of each example
+    # Tags per loss example and per prompt ({key: value} for eval.group_by), parallel lists.
+    example_tags: list[dict[str, str]] = field(default_factory=list)
+    prompt_tags: list[dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -70,8 +73,22 @@ def _prompt(ex: F.Example, tokenizer: Any) -> tuple[list[int], str] | None:
     return None
 
 
+def tags_of(obj: Any, group_by: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The example's value for each group_by key: at the top level (the original daemon's
+    files), else under `metadata`. Missing keys are left out (the example counts overall only)."""
+    out: dict[str, str] = {}
+    if not isinstance(obj, dict):
+        return out
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    for key in group_by:
+        v = obj.get(key, meta.get(key))
+        if v is not None and not isinstance(v, dict | list):
+            out[key] = str(v)
+    return out
+
+
 def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
-               data_map: DataMapConfig = F.NO_MAP) -> Probe | None:
+               data_map: DataMapConfig = F.NO_MAP, group_by: list[str] | tuple[str, ...] = ()) -> Probe | None:
     """The probe set at `path`, or None when there is none. Lines that are not valid
     examples, or longer than train.max_seq_len, are left out and named in the log: a bad
     probe line must never fail the job it observes."""
@@ -92,7 +109,8 @@ def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
             continue
         n = rec.number
         try:
-            ex = F.parse(F.decode(rec), data_map)
+            obj = F.decode(rec)
+            ex = F.parse(obj, data_map)
             seqs = encode(ex, tokenizer)
         except (F.FormatError, TemplateRefused) as e:
             bad.append(f"{rec.unit} {n} ({e})")
@@ -105,10 +123,12 @@ def load_probe(path: Path, tokenizer: Any, max_seq_len: int, k: int,
                 continue
             probe.examples.append((ids, mask))
             probe.lines.append(n)
+            probe.example_tags.append(tags_of(obj, group_by))
             kept += 1
         p = _prompt(ex, tokenizer) if kept and len(probe.prompts) < k else None
         if p is not None:
             probe.prompts.append((n, *p))
+            probe.prompt_tags.append(tags_of(obj, group_by))
     if bad:
         log.warning("probe set %s: left out %d line(s): %s", path, len(bad), ", ".join(bad[:10]))
     if not probe.examples:
@@ -166,17 +186,11 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
     def out_of_time() -> bool:
         return bool(stop) or time.monotonic() >= deadline
 
-    nll = 0.0
-    tokens = scored = 0
     samples: list[dict[str, Any]] = []
     with isolated(model):
-        # One example per forward: no padding to get wrong, and logits of one sequence at a
-        # time (a batch of long sequences x a large vocabulary would not fit beside training).
-        for ids, mask in probe.examples:
-            if out_of_time():
-                break
-            x_nll, n = example_nll(model, ids, mask, device)
-            nll, tokens, scored = nll + x_nll, tokens + n, scored + 1
+        per = example_losses(model, probe.examples, out_of_time)
+        scored = len(per)
+        tokens = sum(n for _, n in per)
         loss_seconds = time.monotonic() - t0
         stop_ids = _stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
@@ -196,14 +210,51 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
                             "expected": want[:SAMPLE_CHARS], "generated": answer[:SAMPLE_CHARS]})
     done = scored == len(probe.examples) and len(samples) == len(probe.prompts)
     return {
-        "loss": nll / tokens if tokens else None,
-        "exact_match": sum(s["exact"] for s in samples) / len(samples) if samples else None,
-        "similarity": sum(s["similarity"] for s in samples) / len(samples) if samples else None,
+        **_scores(per, samples),
+        "groups": groups_of(probe, per, samples),
         "examples": scored, "tokens": tokens, "generated": len(samples),
         "probe_examples": len(probe), "probe_prompts": len(probe.prompts), "probe_sha": probe.sha,
         "complete": done, "stopped_by": None if done else ("stop" if stop else "max_seconds"),
         "seconds": round(time.monotonic() - t0, 3), "loss_seconds": round(loss_seconds, 3), "samples": samples,
     }
+
+
+def example_losses(model: Any, examples: list[tuple[list[int], list[int]]],
+                   out_of_time: Any = lambda: False) -> list[tuple[float, int]]:
+    """(summed token NLL, scored tokens) per example, in order, until out_of_time() says stop.
+    The caller holds isolated(model). One example per forward: no padding to get wrong, and
+    logits of one sequence at a time (a batch of long sequences x a large vocabulary would
+    not fit beside training)."""
+    device = next(model.parameters()).device
+    out: list[tuple[float, int]] = []
+    for ids, mask in examples:
+        if out_of_time():
+            break
+        out.append(example_nll(model, ids, mask, device))
+    return out
+
+
+def _scores(per: list[tuple[float, int]], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    tokens = sum(n for _, n in per)
+    return {
+        "loss": sum(s for s, _ in per) / tokens if tokens else None,
+        "exact_match": sum(s["exact"] for s in samples) / len(samples) if samples else None,
+        "similarity": sum(s["similarity"] for s in samples) / len(samples) if samples else None,
+    }
+
+
+def groups_of(probe: Probe, per: list[tuple[float, int]], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """{key: {value: scores}} for eval.group_by: the same measures as overall, per tag value."""
+    out: dict[str, dict[str, Any]] = {}
+    keys = {k for t in probe.example_tags + probe.prompt_tags for k in t}
+    for key in sorted(keys):
+        values = {t[key] for t in probe.example_tags + probe.prompt_tags if key in t}
+        out[key] = {}
+        for v in sorted(values):
+            p = [x for x, t in zip(per, probe.example_tags, strict=False) if t.get(key) == v]
+            s = [x for x, t in zip(samples, probe.prompt_tags, strict=False) if t.get(key) == v]
+            out[key][v] = {**_scores(p, s), "examples": len(p), "generated": len(s)}
+    return out
 
 
 class ProbeEval(TrainerCallback):
@@ -221,6 +272,7 @@ class ProbeEval(TrainerCallback):
         self.job_dir, self.attempt, self.probe, self.tokenizer = job_dir, attempt, probe, tokenizer
         self.cfg, self.stop = cfg.eval, stop
         self.tb: Any = None  # transformers' TensorBoardCallback, when event files are written
+        self.final_row: dict[str, Any] | None = None  # this attempt's end-of-job eval (the gate reuses it)
 
     def on_step_end(self, args, state, control, model=None, **kw):
         step = state.global_step
@@ -239,6 +291,8 @@ class ProbeEval(TrainerCallback):
             row.update(loss=None, exact_match=None, similarity=None, error=f"{type(e).__name__}: {e}")
         with open(self.job_dir / EVALS, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if final:
+            self.final_row = row
         if "error" not in row:
             self._report(row)
 
@@ -248,6 +302,10 @@ class ProbeEval(TrainerCallback):
             for key in ("loss", "exact_match", "similarity"):
                 if row[key] is not None:
                     writer.add_scalar(f"probe/{key}", row[key], row["step"])
+                for tag, values in (row.get("groups") or {}).items():
+                    for value, sc in values.items():
+                        if sc.get(key) is not None:
+                            writer.add_scalar(f"probe_{tag}/{value}/{key}", sc[key], row["step"])
         log.info("probe eval at step %d%s: loss %s, exact %d/%d, similarity %s, %.2fs%s", row["step"],
                  " (end)" if row["final"] else "", _fmt(row["loss"]), sum(s["exact"] for s in row["samples"]),
                  row["generated"], _fmt(row["similarity"]), row["seconds"],
@@ -263,7 +321,8 @@ def callback(layout: Layout, cfg: Config, job_dir: Path, attempt: int, tokenizer
              stop: StopFlag) -> ProbeEval | None:
     """The probe-eval callback for this attempt, or None when there is no probe set."""
     path = layout.base / cfg.eval.probe_file  # an absolute probe_file stays as it is
-    probe = load_probe(path, tokenizer, cfg.train.max_seq_len, cfg.eval.generate_examples, cfg.data.map)
+    probe = load_probe(path, tokenizer, cfg.train.max_seq_len, cfg.eval.generate_examples, cfg.data.map,
+                       cfg.eval.group_by)
     if probe is None:
         return None
     log.info("probe set %s: %d examples, %d for generation; eval %s", path, len(probe), len(probe.prompts),

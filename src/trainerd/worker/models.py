@@ -123,6 +123,12 @@ def published_version(layout: Layout, cfg: Config, meta: JobMeta) -> str | None:
     for j in ref.manifest.get("jobs", []):
         if j.get("id") == meta.id and ref.manifest.get("created_at", 0) > since:
             return ref.version
+    # ... or a version the eval gate held: published, just not current.
+    from trainerd import forgetting, gate
+
+    found = forgetting.version_of_job(layout, meta.id)
+    if found and gate.is_held(found[1]) and found[1].get("created_at", 0) > since:
+        return found[0]
     return None
 
 
@@ -202,8 +208,9 @@ def load_for_training(ref: ModelRef, cfg: TrainConfig):
 
 
 def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
-            extra: dict[str, Any] | None = None) -> str:
-    """Write the trained weights as the next version and make it current, atomically."""
+            extra: dict[str, Any] | None = None, make_current: bool = True) -> str:
+    """Write the trained weights as the next version and make it current, atomically
+    (make_current=False: the eval gate holds it; it is written and verified, not current)."""
     import torch
 
     bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
@@ -221,11 +228,11 @@ def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: 
         if now.version != parent.version:
             raise RuntimeError(f"current moved from {parent.version} to {now.version} while {meta.id} trained; "
                                "not publishing over it (the retry trains from the new current)")
-        return _publish_locked(layout, model, tokenizer, parent, meta, extra)
+        return _publish_locked(layout, model, tokenizer, parent, meta, extra, make_current)
 
 
 def _publish_locked(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
-                    extra: dict[str, Any] | None) -> str:
+                    extra: dict[str, Any] | None, make_current: bool = True) -> str:
     existing = versions(layout)
     name = f"v{(_version_number(existing[-1]) or 0) + 1 if existing else 1:04d}"
     tmp = layout.models / f"{atomic.TMP_PREFIX}{name}-{meta.id}"
@@ -246,6 +253,12 @@ def _publish_locked(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef
         **(extra or {}),
     })
     atomic.rename(tmp, layout.models / name)
+    if not make_current:
+        # Held: read back and hashed now, so a later override makes a sound version current.
+        atomic.verify_manifest(layout.models / name, check_hashes=True)
+        log.info("wrote %s (parent %s), held by the eval gate: current stays %s", name, parent.version,
+                 parent.version)
+        return name
     set_current(layout, name)
     log.info("published %s (parent %s)", name, parent.version)
     return name

@@ -263,14 +263,20 @@ def tensorboard_callback(job_dir: Path) -> Any:
     """
     from transformers.integrations import TensorBoardCallback
 
+    writer = summary_writer(job_dir / TENSORBOARD)
+    return None if writer is None else TensorBoardCallback(writer)
+
+
+def summary_writer(log_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter for log_dir, or None (a log line) when none can be made."""
     try:
         try:
             from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
         except ImportError:
             from tensorboardX import SummaryWriter
-        return TensorBoardCallback(SummaryWriter(log_dir=str(job_dir / TENSORBOARD)))
+        return SummaryWriter(log_dir=str(log_dir))
     except Exception as e:  # not installed, or installed but broken (e.g. a protobuf clash)
-        log.info("no TensorBoard event files for this job (pip install tensorboardX): %s", e)
+        log.info("no TensorBoard event files in %s (pip install tensorboardX): %s", log_dir, e)
         return None
 
 
@@ -360,7 +366,7 @@ def _stop_before_training(stop: StopFlag, during: str) -> bool:
 def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     import torch
 
-    from trainerd.worker import evals
+    from trainerd.worker import evals, lineboard, recall
 
     cfg = load_config(layout.config)
     meta = JobMeta.load(job_dir)
@@ -425,6 +431,10 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     progress = Progress(job_dir, attempt, ds, per_step)
     ctl = Control(stop, cfg, job_dir)
     probe = evals.callback(layout, cfg, job_dir, attempt, tokenizer, stop)
+    # The parent's scores for the gate and the forgetting matrix: on the model as loaded,
+    # before any step (rank 0 alone; worker/recall.py).
+    scorer = recall.start(layout, cfg, meta, parent, tokenizer, job_dir, model,
+                          probe.probe if probe else None) if _world()[0] == 0 else None
     trainer = _job_trainer()(
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
@@ -436,6 +446,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     if _stop_before_training(stop, "setting up the trainer"):
         return ExitCode.STOPPED
     tb = tensorboard_callback(job_dir) if trainer.is_world_process_zero() else None
+    line = lineboard.callback(layout, parent) if trainer.is_world_process_zero() else None
+    if line is not None:  # the model line's own run, its step continuing across jobs
+        trainer.add_callback(line)
     if tb is not None:
         trainer.add_callback(tb)
         if probe is not None:
@@ -449,12 +462,19 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
     if trainer.is_world_process_zero():
+        # After the last step, before publishing: the candidate's scores and the gate's verdict.
+        scored = scorer.after(trainer.model, probe.final_row if probe else None) if scorer else {}
+        if line is not None:
+            line.scores(trainer.state.global_step, scored)
         models.for_saving(trainer.model)
+        held = scored.get("gate", {}).get("action") == "held"
         version = models.publish(layout, trainer.model, tokenizer, parent, meta,
                                  {"examples_trained": tok.examples, "sequences_trained": ds.examples,
                                   "steps": trainer.state.global_step,
                                   "dropped": tok.dropped, "truncated": tok.truncated,
-                                  "final_loss": progress.last.get("loss"), "replay": replay})
-        log.info("%s: published %s", meta.id, version)
+                                  "final_loss": progress.last.get("loss"), "replay": replay, **scored,
+                                  "line_step": lineboard.offset(parent) + trainer.state.global_step},
+                                 make_current=not held)
+        log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
         checkpoints.clear(job_dir)
     return ExitCode.FINISHED

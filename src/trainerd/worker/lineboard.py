@@ -1,0 +1,72 @@
+"""One TensorBoard run for the whole model line: BASE/tensorboard/line.
+
+Beside each job's own run (job_dir/tensorboard, steps from 1), this run's step continues
+across jobs: a version records `line_step` (its parent's plus its own steps) in its
+manifest, and the next job logs at that offset. `tensorboard --logdir BASE` then shows the
+per-job runs and the line's whole history as one curve: training loss and learning rate
+per step, and at each job's end its probe scores (overall and per tag) and its recall loss
+on each job's sample (`recall/<job-id>`: a column of the forgetting matrix) and their mean.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trainerd.paths import Layout
+from trainerd.worker.models import ModelRef
+
+log = logging.getLogger("trainerd.worker.lineboard")
+
+LINE_RUN = ("tensorboard", "line")
+
+
+def offset(parent: ModelRef) -> int:
+    """Optimizer steps of the line before this job (0 on the base model)."""
+    return int(parent.manifest.get("line_step") or 0)
+
+
+def callback(layout: Layout, parent: ModelRef) -> Any:
+    """A TrainerCallback writing the line run, or None without a TensorBoard writer."""
+    from transformers import TrainerCallback
+
+    from trainerd.worker.train import summary_writer
+
+    writer = summary_writer(layout.base.joinpath(*LINE_RUN))
+    if writer is None:
+        return None
+    start = offset(parent)
+
+    class LineBoard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if state.is_world_process_zero and logs.get("loss") is not None:
+                writer.add_scalar("train/loss", logs["loss"], start + state.global_step)
+                if logs.get("learning_rate") is not None:
+                    writer.add_scalar("train/learning_rate", logs["learning_rate"], start + state.global_step)
+
+        def scores(self, steps: int, scored: dict[str, Any]) -> None:
+            """The job's end-of-job scores at its last line step."""
+            step = start + steps
+            s = scored.get("scores") or {}
+            probe = s.get("probe") or {}
+            for key in ("loss", "exact_match", "similarity"):
+                if probe.get(key) is not None:
+                    writer.add_scalar(f"probe/{key}", probe[key], step)
+                for tag, values in (probe.get("groups") or {}).items():
+                    for value, sc in values.items():
+                        if sc.get(key) is not None:
+                            writer.add_scalar(f"probe_{tag}/{value}/{key}", sc[key], step)
+            # A column of the forgetting matrix per job: its recall loss at each later version.
+            for job, loss in (s.get("recall") or {}).items():
+                if loss is not None:
+                    writer.add_scalar(f"recall/{job}", loss, step)
+            recall = [v for v in (s.get("recall") or {}).values() if v is not None]
+            if recall:
+                writer.add_scalar("recall/mean_loss", sum(recall) / len(recall), step)
+            writer.flush()
+
+        def on_train_end(self, args, state, control, **kw):
+            writer.flush()
+
+    return LineBoard()
