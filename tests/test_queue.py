@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import chat_rows, tmpfs, write_jsonl
 from trainerd.config import QueueConfig
+from trainerd.inbox import Settler
 from trainerd.jobs import ERROR_JSON, JobMeta, JobState, Outcome, Priority
 from trainerd.paths import Layout
 from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError
@@ -16,7 +17,8 @@ from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError
 def q(tmp_path):
     layout = Layout.at(tmp_path)
     layout.ensure()
-    return Queue(layout, QueueConfig(settle_seconds=2.0, max_file_mb=1))
+    # Settling has its own test (with a clock of its own); here files are taken at first look.
+    return Queue(layout, QueueConfig(settle_seconds=0, max_file_mb=1))
 
 
 def states(q):
@@ -51,6 +53,9 @@ def test_same_name_twice_makes_two_jobs_sorted_by_arrival(q):
 
 
 def test_maildir_rules_and_settle_time(q):
+    clock = [1000.0]
+    q.cfg.settle_seconds = 2.0
+    q.settler = Settler(clock=lambda: clock[0])
     inbox = q.layout.inbox
     write_jsonl(inbox / ".hidden.jsonl", chat_rows(1))
     (inbox / "x.jsonl.part").write_text("{}")
@@ -58,7 +63,8 @@ def test_maildir_rules_and_settle_time(q):
     fresh = write_jsonl(inbox / "fresh.jsonl", chat_rows(1), settle=False)
     assert q.ingest() == []  # nothing delivered-and-settled yet
     assert q.pending_inbox() == 1  # only `fresh` is waiting to settle
-    [ref] = q.ingest(now=time.time() + 5)
+    clock[0] += 5
+    [ref] = q.ingest()
     assert ref.meta().original_name == "fresh.jsonl" and not fresh.exists()
     assert sorted(os.listdir(inbox)) == [".hidden.jsonl", "x.jsonl.part", "y.jsonl.tmp"]
 
