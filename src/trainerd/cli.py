@@ -22,6 +22,7 @@ from rich.table import Table
 from trainerd import control
 from trainerd.config import ConfigError, QueueConfig, load_config
 from trainerd.jobs import JobState, Priority
+from trainerd.names import printable
 from trainerd.paths import Layout
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -94,18 +95,20 @@ def init(
 @app.command()
 def run(
     base_dir: Path = BaseDir,
-    once: bool = typer.Option(False, "--once", "--exit-when-idle", help="exit when the queue is empty"),
+    once: bool = typer.Option(False, "--once", "--exit-when-idle",
+                              help="exit when the queue is empty (0), or at once with 4 when paused"),
     log_format: str = typer.Option("text", help="text or json"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run the daemon in the foreground (systemd runs it like this)."""
     from trainerd.lock import AlreadyRunning
+    from trainerd.preflight import PreflightError
     from trainerd.supervisor import run_daemon
 
     _setup_logging(_layout(base_dir), log_format, verbose)
     try:
         code = run_daemon(base_dir, once=once)
-    except ConfigError as e:
+    except (ConfigError, PreflightError) as e:
         _fail(str(e), 2)
     except AlreadyRunning as e:
         _fail(str(e), 3)
@@ -165,24 +168,45 @@ def status(
               f"low {q['queued_low']}), {q['active']} active, {q['done']} done, {q['failed']} failed")
     m = s["model"]
     out.print(f"model:  {m['version']}" + (f" ({m.get('kind')}, parent {m.get('parent')})" if m["version"] != "base" else ""))
+    if d.get("paused_reason"):
+        out.print(f"paused: [red]{escape(d['paused_reason'])}[/]", highlight=False)
     for a in s["active"]:
         p = a.get("progress") or {}
         step, total = p.get("step"), p.get("max_steps")
         n = p.get("examples_total") or a["examples"]  # with replay, more than the file holds
         frac = f"step {step}/{total}, {p.get('examples_done', 0)}/{n} examples" if step else "starting"
-        out.print(f"active: {a['name']} ({a['id']}): {frac}, loss {_loss(p.get('loss'))}, "
-                  f"{p.get('tokens_per_s') or 0:.0f} tok/s")
+        phase = (a.get("heartbeat") or {}).get("phase")
+        out.print(f"active: {escape(printable(a['name']))} ({a['id']}): {frac}, loss {_loss(p.get('loss'))}, "
+                  f"{p.get('tokens_per_s') or 0:.0f} tok/s" + (f", phase {phase}" if phase else ""), highlight=False)
+    for j in s["queued"]:
+        if j.get("waiting"):
+            out.print(f"queued: {escape(printable(j['name']))} ({j['id']}): {j['waiting']}", highlight=False)
+    _print_inbox(d.get("inbox"))
     if s["done"]:
         t = Table(title="trained", title_justify="left")
         for col in ("file", "examples", "steps", "loss first -> last"):
             t.add_column(col)
         for j in s["done"]:
-            t.add_row(j["name"], str(j["examples"]), str(j["steps_done"]),
+            t.add_row(escape(printable(str(j["name"]))), str(j["examples"]), str(j["steps_done"]),
                       f"{_loss(j['first_loss'])} -> {_loss(j['last_loss'])}")
         out.print(t)
     for j in s["failed"]:
-        out.print(f"[red]failed[/] {j['id']} ({escape(str(j.get('name')))}): {escape(str(j.get('reason')))}",
-                  highlight=False)
+        out.print(f"[red]failed[/] {j['id']} ({escape(printable(str(j.get('name'))))}): "
+                  f"{escape(printable(str(j.get('reason'))))}", highlight=False)
+
+
+def _print_inbox(inbox: dict | None) -> None:
+    """Inbox entries not taken in (yet), with why: settling, ignored by the Maildir rules."""
+    if not inbox:
+        return
+    if inbox.get("blocked"):
+        out.print(f"inbox:  [red]{escape(inbox['blocked'])}[/]", highlight=False)
+    for key, label in (("waiting", "waiting"), ("ignored", "ignored")):
+        for e in inbox.get(key) or []:
+            out.print(f"inbox:  {label} {escape(e['name'])}: {escape(e['why'])}", highlight=False)
+        more = (inbox.get(f"{key}_count") or 0) - len(inbox.get(key) or [])
+        if more > 0:
+            out.print(f"inbox:  ... and {more} more {label}")
 
 
 @app.command()
@@ -329,7 +353,7 @@ def queue_add(
     bad = 0
     for f in files:
         if not f.is_file():
-            err.print(f"[red]skipped[/] {f}: not a regular file")
+            err.print(f"[red]skipped[/] {escape(printable(str(f)))}: not a regular file", highlight=False)
             bad += 1
             continue
         ref = q.submit(f, priority, move=move)
@@ -339,7 +363,8 @@ def queue_add(
             from trainerd.status import job_summary
 
             bad += 1
-            out.print(f"[red]rejected[/] {f}: {escape(str(job_summary(ref).get('reason')))}", highlight=False)
+            out.print(f"[red]rejected[/] {escape(printable(str(f)))}: {escape(str(job_summary(ref).get('reason')))}",
+                      highlight=False)
     raise typer.Exit(1 if bad else 0)
 
 
@@ -359,11 +384,12 @@ def queue_list(
         out.print_json(json.dumps(rows, default=str))
         return
     t = Table()
-    for col in ("id", "name", "state", "priority", "examples", "attempts", "age"):
+    for col in ("id", "name", "state", "priority", "examples", "attempts", "age", "waiting"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["id"], r.get("name", "?"), r["state"], r.get("priority", "-"), str(r.get("examples", "")),
-                  str(r.get("attempts", "")), _ago(r.get("submitted_at")))
+        t.add_row(r["id"], escape(printable(str(r.get("name", "?")))), r["state"], r.get("priority", "-"),
+                  str(r.get("examples", "")), str(r.get("attempts", "")), _ago(r.get("submitted_at")),
+                  r.get("waiting") or "")
     out.print(t)
 
 

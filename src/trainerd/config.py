@@ -91,6 +91,10 @@ class DaemonConfig(_Section):
     stop_grace_seconds: float = Field(
         600, gt=0, description="how long a warm stop waits for the worker's checkpoint"
     )
+    stall_seconds: float = Field(
+        1800, gt=0, description="no step, phase change or heartbeat progress this long: the worker has "
+        "stalled; it is stopped, then killed after stop_grace_seconds, and the attempt counts"
+    )
 
 
 class DiskConfig(_Section):

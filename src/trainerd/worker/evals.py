@@ -35,6 +35,7 @@ from trainerd.config import Config
 from trainerd.jobs import EVALS
 from trainerd.paths import Layout
 from trainerd.validate import example_format, iter_lines
+from trainerd.worker import heartbeat
 from trainerd.worker.data import tokenize_example
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
                 nll += float(model(input_ids=x, labels=labels, use_cache=False).loss) * n
                 tokens += n
             scored += 1
+            heartbeat.progress()
         loss_seconds = time.monotonic() - t0
         stop_ids = _stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
@@ -181,6 +183,7 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
             samples.append({"line": line, "exact": answer == want,
                             "similarity": round(difflib.SequenceMatcher(None, answer, want).ratio(), 4),
                             "expected": want[:SAMPLE_CHARS], "generated": answer[:SAMPLE_CHARS]})
+            heartbeat.progress()
     done = scored == len(probe.examples) and len(samples) == len(probe.prompts)
     return {
         "loss": nll / tokens if tokens else None,
@@ -216,6 +219,7 @@ class ProbeEval(TrainerCallback):
         if not due or not state.is_world_process_zero or self.stop or model is None:
             return  # a stop request checkpoints now; the eval waits for a later attempt
         row: dict[str, Any] = {"attempt": self.attempt, "step": step, "ts": time.time(), "final": final}
+        heartbeat.phase("eval", step)
         try:
             row.update(evaluate(model, self.tokenizer, self.probe, self.cfg.max_new_tokens,
                                 self.cfg.max_seconds, self.stop))
@@ -224,6 +228,7 @@ class ProbeEval(TrainerCallback):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             row.update(loss=None, exact_match=None, similarity=None, error=f"{type(e).__name__}: {e}")
+        heartbeat.phase("training", step)
         with open(self.job_dir / EVALS, "a") as f:
             f.write(json.dumps(row) + "\n")
         if "error" not in row:
@@ -250,7 +255,9 @@ def callback(layout: Layout, cfg: Config, job_dir: Path, attempt: int, tokenizer
              stop: StopFlag) -> ProbeEval | None:
     """The probe-eval callback for this attempt, or None when there is no probe set."""
     path = layout.base / cfg.eval.probe_file  # an absolute probe_file stays as it is
+    heartbeat.phase("eval")  # reading the probe set is the eval's work (and can block on it)
     probe = load_probe(path, tokenizer, cfg.train.max_seq_len, cfg.eval.generate_examples)
+    heartbeat.phase("loading")
     if probe is None:
         return None
     log.info("probe set %s: %d examples, %d for generation; eval %s", path, len(probe), len(probe.prompts),

@@ -21,7 +21,7 @@ from trainerd import __version__, atomic, guards, lifecycle
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.paths import Layout
-from trainerd.worker import checkpoints, models
+from trainerd.worker import checkpoints, heartbeat, models, preflight
 from trainerd.worker.data import JobDataset, data_order, prepare
 
 if TYPE_CHECKING:
@@ -61,7 +61,11 @@ def _callbacks():
             self.max_rss = int(cfg.train.max_host_memory_gb * 1024**3)
             self.disk_low: str | None = None
 
+        def on_train_begin(self, args, state, control, **kw):
+            heartbeat.phase("training", state.global_step)  # checkpoint loaded, first step next
+
         def on_step_end(self, args, state, control, **kw):
+            heartbeat.progress(state.global_step)
             if self.max_rss:
                 import psutil
 
@@ -375,7 +379,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         return ExitCode.FINISHED
 
     parent = models.current(layout, cfg)
-    tokenizer = models.load_tokenizer(parent)
+    # The daemon's preflight, again here: a model that vanished or a template that raises
+    # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
+    tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
     init_distributed()
     world = _world()[1]
 
@@ -387,7 +393,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                                job_dir / lifecycle.REPLAY_JSONL if replay else None,
                                replay["sha256"] if replay else "")
 
+    heartbeat.phase("tokenizing")
     replay, tok = rank0_first(prepare_data)  # one writer of replay.jsonl and the token cache
+    heartbeat.phase("loading")
     if _stop_before_training(stop, "tokenizing"):
         return ExitCode.STOPPED
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
@@ -448,6 +456,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
     if trainer.is_world_process_zero():
+        heartbeat.phase("publishing", trainer.state.global_step)
         models.for_saving(trainer.model)
         version = models.publish(layout, trainer.model, tokenizer, parent, meta,
                                  {"examples_trained": ds.examples, "steps": trainer.state.global_step,
