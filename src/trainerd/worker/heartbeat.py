@@ -3,7 +3,8 @@
 A thread rewrites heartbeat.json every few seconds. Its `beats` count moves only when
 the worker really progressed since the last write: the main thread reported a step, an
 eval example or a new phase, or, in the phases that are one long library call (loading,
-tokenizing, publishing), the main thread used CPU or the process read from the disk.
+tokenizing, checkpointing, publishing), the main thread used CPU or the process read
+from the disk.
 A thread that beat unconditionally would hide a hang; one that beat only on steps would
 call a 20-minute model load from a slow disk a stall. A frozen process writes nothing.
 
@@ -24,7 +25,7 @@ from trainerd.jobs import HEARTBEAT_JSON
 log = logging.getLogger("trainerd.worker.heartbeat")
 
 INTERVAL_ENV = "TRAINERD_HEARTBEAT_SECONDS"  # set by the daemon from daemon.heartbeat_seconds
-BUSY_PHASES = ("loading", "tokenizing", "publishing")
+BUSY_PHASES = ("loading", "tokenizing", "checkpointing", "publishing")
 
 
 class Heartbeat:

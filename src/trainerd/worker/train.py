@@ -83,6 +83,7 @@ def _callbacks():
             elif due:
                 control.should_save = True
             if control.should_save:
+                heartbeat.phase("checkpointing", state.global_step)  # one long write: busy, not stuck
                 newest = checkpoints.committed(self.job_dir)
                 r = guards.reading(self.job_dir, self.cfg.disk,
                                    guards.dir_bytes(newest[0]) if newest else 0)
@@ -117,6 +118,7 @@ def _callbacks():
             })
             checkpoints.prune(self.job_dir, self.keep)
             self.progress.checkpoint(dest.name, time.monotonic() - t0, guards.dir_bytes(dest), state)
+            heartbeat.phase("training", state.global_step)
 
     class Progress(TrainerCallback):
         """progress.json (rewritten atomically) and metrics.jsonl, for status and history."""
