@@ -249,7 +249,8 @@ function renderQueue(s) {
   const rows = (s.queued || []).map((j) => h("tr", {},
     h("td", {}, h("span", { class: `badge ${j.priority}` }, j.priority)),
     h("td", { class: "file" }, j.name || j.id, h("span", { class: "mono" }, j.id),
-      j.attempts ? h("span", { class: "badge warn" }, `retry after ${j.attempts} attempt(s)`) : null),
+      j.waiting ? h("span", { class: "badge warn" }, j.waiting)
+        : j.attempts ? h("span", { class: "badge warn" }, `retry after ${j.attempts} attempt(s)`) : null),
     h("td", { class: "num" }, fmtNum(j.examples)),
     h("td", {}, fmtAgo(j.submitted_at, s.now))));
   const more = (q.queued || 0) - rows.length;
