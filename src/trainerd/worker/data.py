@@ -25,6 +25,8 @@ from trainerd import atomic
 from trainerd.config import TrainConfig
 from trainerd.jobs import DATA
 from trainerd.validate import MAX_ERRORS, example_format, iter_lines
+from trainerd.worker import tokcache
+from trainerd.worker.tokcache import TokenWriter
 
 log = logging.getLogger("trainerd.worker.data")
 
@@ -109,10 +111,15 @@ def fingerprint(tokenizer: Any, cfg: TrainConfig, data_sha: str) -> str:
 
 
 def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
-    ids: list[int] = []
-    mask: list[int] = []
-    offsets = [0]
-    lines: list[int] = []
+    """A validated file, tokenized into arrays in memory (small sets: replay, tests)."""
+    out = TokenWriter()
+    dropped, truncated = _tokenize_into(out, path, tokenizer, cfg)
+    return Tokenized(*out.finish(), dropped, truncated)
+
+
+def _tokenize_into(out: TokenWriter, path: Path, tokenizer: Any, cfg: TrainConfig) -> tuple[int, int]:
+    """Stream a validated file's examples into `out`; (dropped, truncated). Raises
+    DataError naming the lines at fault."""
     too_long: list[str] = []
     n_too_long = dropped = truncated = 0
     with open(path, "rb") as f:
@@ -142,10 +149,7 @@ def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
                     dropped += 1
                     continue
                 truncated += 1
-            ids += x
-            mask += m
-            offsets.append(len(ids))
-            lines.append(n)
+            out.add(x, m, n)
     if too_long:
         more = f" and {n_too_long - len(too_long)} more" if n_too_long > len(too_long) else ""
         raise DataError(
@@ -153,10 +157,9 @@ def tokenize_file(path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
             f"{', '.join(too_long)}{more}. Shorten them, raise max_seq_len, or set "
             "train.overlength = \"drop\" or \"truncate\""
         )
-    if len(lines) == 0:
+    if len(out) == 0:
         raise DataError("no trainable examples are left (all were dropped as over-length)")
-    return Tokenized(np.asarray(ids, np.int32), np.asarray(mask, np.uint8), np.asarray(offsets, np.int64),
-                     np.asarray(lines, np.int32), dropped, truncated)
+    return dropped, truncated
 
 
 def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
@@ -167,40 +170,41 @@ def prepare(job_dir: Path, tokenizer: Any, cfg: TrainConfig, data_sha: str,
     fp = fingerprint(tokenizer, cfg, data_sha + replay_sha)
     try:
         man = atomic.verify_manifest(cache)
-        if man.get("fingerprint") == fp:
-            arrays = {k: np.load(cache / f"{k}.npy") for k in ("input_ids", "trainable", "offsets", "lines")}
-            return Tokenized(**arrays, dropped=man["dropped"], truncated=man["truncated"])
-        log.info("tokenized cache is for another tokenizer or config; rebuilding")
+        if man.get("fingerprint") == fp and tokcache.is_cache(cache):
+            return Tokenized(*tokcache.load(cache), dropped=man["dropped"], truncated=man["truncated"])
+        log.info("tokenized cache is for another tokenizer, config or format; rebuilding")
     except atomic.ManifestError:
         pass
-    tok = tokenize_file(job_dir / DATA, tokenizer, cfg)
-    if replay is not None:
-        tok = with_replay(tok, replay, tokenizer, cfg)
     tmp = job_dir / (atomic.TMP_PREFIX + CACHE)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for k in ("input_ids", "trainable", "offsets", "lines"):
-        np.save(tmp / f"{k}.npy", getattr(tok, k))
-    atomic.write_manifest(tmp, {"fingerprint": fp, "dropped": tok.dropped, "truncated": tok.truncated,
-                                "examples": len(tok)})
+    # Streamed into memory-mapped files (worker/tokcache.py): RSS stays flat with file size.
+    extra = _replayed(replay, tokenizer, cfg) if replay is not None else None
+    writer = TokenWriter(tmp)
+    try:
+        dropped, truncated = _tokenize_into(writer, job_dir / DATA, tokenizer, cfg)
+        if extra is not None:  # after the job's own; the job's data order mixes them in
+            writer.extend(extra.input_ids, extra.trainable, extra.lengths(), -extra.lines)
+        n = len(writer)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    atomic.write_manifest(tmp, {"fingerprint": fp, "dropped": dropped, "truncated": truncated, "examples": n})
     shutil.rmtree(cache, ignore_errors=True)
     atomic.rename(tmp, cache)
-    return tok
+    return Tokenized(*tokcache.load(cache), dropped=dropped, truncated=truncated)
 
 
-def with_replay(tok: Tokenized, path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized:
-    """The job's examples followed by replayed ones (trainerd.lifecycle.replay_for_job);
-    the job's data order then mixes them into the epoch. Over-length replayed examples are
-    dropped whatever train.overlength says (not this file's fault). Their `lines` are
-    negative: -n is line n of replay.jsonl."""
+def _replayed(path: Path, tokenizer: Any, cfg: TrainConfig) -> Tokenized | None:
+    """Replayed examples (trainerd.lifecycle.replay_for_job), tokenized in memory (a small,
+    bounded set), or None when they cannot be used. Over-length ones are dropped whatever
+    train.overlength says (not this file's fault). In the cache their `lines` are negative:
+    -n is line n of replay.jsonl."""
     try:
-        r = tokenize_file(path, tokenizer, cfg.model_copy(update={"overlength": "drop"}))
+        return tokenize_file(path, tokenizer, cfg.model_copy(update={"overlength": "drop"}))
     except DataError as e:
         log.warning("replayed examples not used: %s", e)
-        return tok
-    return Tokenized(np.concatenate([tok.input_ids, r.input_ids]), np.concatenate([tok.trainable, r.trainable]),
-                     np.concatenate([tok.offsets, r.offsets[1:] + tok.offsets[-1]]),
-                     np.concatenate([tok.lines, -r.lines]), tok.dropped, tok.truncated)
+        return None
 
 
 def data_order(n: int, seed: int) -> np.ndarray:
