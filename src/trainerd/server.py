@@ -113,7 +113,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
 # The supervisor's states (run/status.json "state"), for a state-set metric; an unknown
 # one is reported too.
-DAEMON_STATES = ("starting", "idle", "training", "paused", "paused_disk", "stopped")
+DAEMON_STATES = ("starting", "idle", "training", "paused", "paused_disk", "paused_model", "stopped")
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -168,6 +168,7 @@ function daemonLook(s) {
   if (st === "training") return ["training", "ok"];
   if (st === "paused") return ["paused", "warn"];
   if (st === "paused_disk") return ["paused: disk low", "bad"];
+  if (st === "paused_model") return ["paused: model unavailable", "bad"];
   return [st, ""];
 }
 
