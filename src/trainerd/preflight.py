@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0  # what the check added (0 when remembered)
     cached: bool = False
+    cancelled: bool = False  # `cancel` said stop (a signal) before the check was done
 
 
 def hf_cache_dir() -> Path:
@@ -98,8 +100,10 @@ def missing_sentence(cfg: Config, weights: str) -> str:
             f"it first (`huggingface-cli download {weights}`)")
 
 
-def check(layout: Layout, cfg: Config, *, remember: bool = True) -> Result:
-    """Locate, then load in a child process (or trust a remembered success)."""
+def check(layout: Layout, cfg: Config, *, remember: bool = True,
+          cancel: Callable[[], bool] = lambda: False) -> Result:
+    """Locate, then load in a child process (or trust a remembered success). `cancel` is
+    polled while the child runs: true ends the check (the child is killed), cancelled."""
     try:
         weights, tok_source = targets(layout, cfg)
     except Exception as e:  # a damaged current version: the worker would fail on it too
@@ -121,7 +125,9 @@ def check(layout: Layout, cfg: Config, *, remember: bool = True) -> Result:
                 return Result(True, cached=True)
         except (OSError, ValueError):
             pass
-    res = _child(weights, tok_source)
+    res = _child(weights, tok_source, cancel)
+    if res.cancelled:
+        return res
     if res.ok and remember:
         try:
             atomic.write_json(cache, {"fingerprint": fp, "at": time.time(), "seconds": res.seconds})
@@ -132,20 +138,29 @@ def check(layout: Layout, cfg: Config, *, remember: bool = True) -> Result:
     return res
 
 
-def _child(weights: str, tok_source: str) -> Result:
+def _child(weights: str, tok_source: str, cancel: Callable[[], bool]) -> Result:
     t0 = time.monotonic()
-    try:
-        p = subprocess.run([sys.executable, "-m", "trainerd.worker.preflight", "--weights", weights,
-                            "--tokenizer", tok_source], capture_output=True, text=True,
-                           timeout=CHILD_TIMEOUT_S, env=child_env(), stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return Result(False, f"loading its config and tokenizer took over {CHILD_TIMEOUT_S:.0f} s; "
-                      "check the disk it is on", seconds=time.monotonic() - t0)
+    p = subprocess.Popen([sys.executable, "-m", "trainerd.worker.preflight", "--weights", weights,
+                          "--tokenizer", tok_source], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=child_env(), stdin=subprocess.DEVNULL)
+    while True:
+        try:
+            stdout, stderr = p.communicate(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            late = time.monotonic() - t0 > CHILD_TIMEOUT_S
+            if late or cancel():
+                p.kill()
+                p.communicate()
+                if not late:
+                    return Result(False, "cancelled", seconds=time.monotonic() - t0, cancelled=True)
+                return Result(False, f"loading its config and tokenizer took over {CHILD_TIMEOUT_S:.0f} s; "
+                              "check the disk it is on", seconds=time.monotonic() - t0)
     seconds = time.monotonic() - t0
     try:
-        out = json.loads(p.stdout.strip().splitlines()[-1])
+        out = json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        tail = " | ".join(p.stderr.strip().splitlines()[-3:])
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
         return Result(False, f"the model check process failed (exit {p.returncode}): {tail}", seconds=seconds)
     return Result(bool(out.get("ok")), out.get("problem", ""), out.get("warnings", []), seconds)
 

@@ -217,8 +217,10 @@ class Supervisor:
         self.layout.ensure()
         self.lock.acquire()  # AlreadyRunning propagates to the CLI
         try:
-            self._preflight()  # PreflightError propagates: the CLI exits 2 with its sentence
-            self._install_signals()
+            self._install_signals()  # first: a stop during the preflight is a clean exit
+            if not self._preflight():  # PreflightError propagates: the CLI exits 2 with its sentence
+                log.info("stopped during the start-up check of base_model")
+                return 0
             try:
                 self.ledger = Ledger(self.layout.state_db)
             except Exception as e:
@@ -248,15 +250,19 @@ class Supervisor:
                 self.ledger.close()
             self.lock.release()
 
-    def _preflight(self) -> None:
-        """Refuse to start on a model that is not there or does not load (see preflight.py)."""
-        res = preflight.check(self.layout, self.cfg)
+    def _preflight(self) -> bool:
+        """Refuse to start on a model that is not there or does not load (see preflight.py).
+        False when a stop signal came first."""
+        res = preflight.check(self.layout, self.cfg, cancel=lambda: bool(self.signals))
+        if res.cancelled:
+            return False
         for w in res.warnings:
             log.warning("preflight: %s", w)
         if not res.ok:
             raise preflight.PreflightError(f"{self.layout.config}: {res.problem}")
         log.info("preflight: %s loads (%s)", self.cfg.base_model,
                  "unchanged since the last check" if res.cached else f"checked in {res.seconds:.1f} s")
+        return True
 
     def _startup(self) -> bool:
         """The start-up writes: a stop wish becomes "running", and recovery of what the last
