@@ -42,22 +42,32 @@ def write_data(path: Path, megabytes: float, seed: int = 0) -> int:
     return n
 
 
-def vm_hwm(pid: int) -> int | None:
+def memory(pid: int) -> dict[str, int]:
+    """VmHWM (the kernel's peak resident set), and the resident set now split into
+    anonymous memory (what grows if data is loaded) and file-backed pages (the memory-mapped
+    cache and libraries: clean, shared, reclaimable by the kernel)."""
+    out: dict[str, int] = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+            key = line.split(":")[0]
+            if key in ("VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(line.split()[1]) * 1024
     except OSError:
-        return None
-    return None
+        pass
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mb", type=float, required=True)
+    ap.add_argument("--mb", type=float, default=0, help="size of the generated file (MB)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--model", type=Path, default=None, help="default: build the tiny model")
+    ap.add_argument("--job", type=Path, default=None,
+                    help="resume this job dir of an earlier run for --steps more steps (no tokenizing)")
     args = ap.parse_args()
+    if args.job is not None:
+        print(json.dumps({"resumed": str(args.job), **run(args.job, None, args.steps, resumed=True)}))
+        return
     root = Path(tempfile.mkdtemp(prefix="trainerd-rss-"))
     model = args.model
     if model is None:
@@ -76,35 +86,43 @@ def main() -> None:
     ref = q.claim()
     q.record_attempt_start(ref, None, "normal")
     intake_s = time.time() - t0
-    job = ref.path
+    out = run(ref.path, src, args.steps)
+    print(json.dumps({"file_mb": round(args.mb, 1), "examples": examples, "write_and_intake_s": round(intake_s, 1),
+                      **out, "base": str(root)}))
+
+
+def run(job: Path, src: Path | None, steps: int, resumed: bool = False) -> dict:
+    start = 0
+    if resumed:
+        start = json.loads((job / "heartbeat.json").read_text()).get("step", 0)
     t1 = time.time()
     with open(job / "worker.log", "ab") as log:
         p = subprocess.Popen([sys.executable, "-m", "trainerd.worker", str(job)], env=ENV,
                              stdout=log, stderr=subprocess.STDOUT)
-    peak, first_step_at, step = 0, None, 0
+    peak: dict[str, int] = {}
+    first_step_at, step = None, start
     while p.poll() is None:
-        peak = max(peak, vm_hwm(p.pid) or 0)
+        for k, v in memory(p.pid).items():
+            peak[k] = max(peak.get(k, 0), v)
         try:
-            step = json.loads((job / "heartbeat.json").read_text()).get("step", 0)
+            hb = json.loads((job / "heartbeat.json").read_text())
+            if hb.get("pid") == p.pid:
+                step = hb.get("step", 0)
         except (OSError, ValueError):
             pass
-        if step and first_step_at is None:
+        if step > start and first_step_at is None:
             first_step_at = time.time()
-        if step >= args.steps:
-            peak = max(peak, vm_hwm(p.pid) or 0)
+        if step >= start + steps:
             p.send_signal(signal.SIGTERM)
             break
         time.sleep(0.2)
     p.wait()
     cache = job / "tokens"
-    print(json.dumps({
-        "file_mb": round(src.stat().st_size / 2**20 if src.exists() else (job / "data.jsonl").stat().st_size / 2**20, 1),
-        "examples": examples, "steps": step, "peak_rss_mb": round(peak / 2**20, 1),
-        "token_cache_mb": round(sum(f.stat().st_size for f in cache.iterdir()) / 2**20, 1) if cache.is_dir() else None,
-        "write_and_intake_s": round(intake_s, 1),
-        "tokenize_and_load_s": round((first_step_at or time.time()) - t1, 1), "exit": p.returncode,
-        "base": str(root),
-    }))
+    mb = lambda k: round(peak.get(k, 0) / 2**20, 1)  # noqa: E731
+    return {"steps": step - start, "peak_rss_mb (VmHWM)": mb("VmHWM"), "peak_anon_mb": mb("RssAnon"),
+            "peak_file_backed_mb": mb("RssFile"),
+            "token_cache_mb": round(sum(f.stat().st_size for f in cache.iterdir()) / 2**20, 1) if cache.is_dir() else None,
+            "start_to_first_step_s": round((first_step_at or time.time()) - t1, 1), "exit": p.returncode}
 
 
 if __name__ == "__main__":
