@@ -245,3 +245,10 @@ assert q.blocked is None and q.counts()["queued"] == 5, (q.counts(), q.blocked)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert os.listdir(layout.failed) == [] and len(os.listdir(layout.queued("normal"))) == 5
+
+
+def test_a_name_that_is_not_utf8_is_taken_in(q):
+    path = q.layout.inbox / os.fsdecode(b"caf\xe9-\x01.jsonl")
+    deliver(path, chat_rows(2))
+    [ref] = q.ingest()
+    assert ref.state == JobState.QUEUED and ref.meta().original_name == path.name
