@@ -46,9 +46,9 @@ def tiny_model(work: Path) -> Path:
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     sc = Scenario(files=args.files, rows=args.rows)
-    if args.campaign == "security":
-        return security.campaign(work, seed=args.seed, log=log).summary()
     model = tiny_model(work)
+    if args.campaign == "security":
+        return security.campaign(model, work, seed=args.seed, log=log).summary()
     if args.campaign == "fuzz":
         return fuzz.campaign(model, work, n_bad=args.n, n_good=args.good, seed=args.seed, log=log).summary()
     if args.campaign == "concurrency":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -83,9 +84,14 @@ def test_worker_failures_never_take_the_supervisor_down(tmp_path, tiny_model):
     assert "line 4" in err["reason"] and "max_seq_len" in err["reason"]
     assert len(os.listdir(layout.done)) == 1
 
-    # A model that cannot be loaded crashes every attempt: retried, then failed with the
-    # worker's own error, and the daemon exits cleanly.
-    base = make_base(tmp_path / "c", tmp_path / "no-such-model", "[queue]\nmax_attempts = 2\n")
+    # A model whose weights cannot be loaded (config and tokenizer are fine, so preflight
+    # passes) crashes every attempt: retried, then failed with the worker's own error, and
+    # the daemon exits cleanly. (A base_model that is not there at all refuses to start:
+    # tests/test_preflight.py.)
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    base = make_base(tmp_path / "c", broken, "[queue]\nmax_attempts = 2\n")
     layout = Layout.at(base)
     write_jsonl(base / "inbox" / "c.jsonl", chat_rows(4))
     p = cli("run", "--base-dir", base, "--once")
@@ -94,7 +100,7 @@ def test_worker_failures_never_take_the_supervisor_down(tmp_path, tiny_model):
     job = json.loads((layout.failed / crashed[0] / "job.json").read_text())
     assert [a["outcome"] for a in job["attempts"]] == ["crashed", "crashed"]
     err = json.loads((layout.failed / crashed[0] / "error.json").read_text())
-    assert "gave up after 2" in err["reason"] and "no-such-model" in err["reason"]
+    assert "gave up after 2" in err["reason"] and "safetensor" in err["reason"].lower()
 
 
 def test_status_does_not_import_torch(base):

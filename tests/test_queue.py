@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import chat_rows, tmpfs, write_jsonl
 from trainerd.config import QueueConfig
+from trainerd.inbox import Settler
 from trainerd.jobs import ERROR_JSON, JobMeta, JobState, Outcome, Priority
 from trainerd.paths import Layout
 from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError
@@ -16,7 +17,8 @@ from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError
 def q(tmp_path):
     layout = Layout.at(tmp_path)
     layout.ensure()
-    return Queue(layout, QueueConfig(settle_seconds=2.0, max_file_mb=1))
+    # Settling has its own test (with a clock of its own); here files are taken at first look.
+    return Queue(layout, QueueConfig(settle_seconds=0, max_file_mb=1))
 
 
 def states(q):
@@ -51,6 +53,9 @@ def test_same_name_twice_makes_two_jobs_sorted_by_arrival(q):
 
 
 def test_maildir_rules_and_settle_time(q):
+    clock = [1000.0]
+    q.cfg.settle_seconds = 2.0
+    q.settler = Settler(clock=lambda: clock[0])
     inbox = q.layout.inbox
     write_jsonl(inbox / ".hidden.jsonl", chat_rows(1))
     (inbox / "x.jsonl.part").write_text("{}")
@@ -58,7 +63,8 @@ def test_maildir_rules_and_settle_time(q):
     fresh = write_jsonl(inbox / "fresh.jsonl", chat_rows(1), settle=False)
     assert q.ingest() == []  # nothing delivered-and-settled yet
     assert q.pending_inbox() == 1  # only `fresh` is waiting to settle
-    [ref] = q.ingest(now=time.time() + 5)
+    clock[0] += 5
+    [ref] = q.ingest()
     assert ref.meta().original_name == "fresh.jsonl" and not fresh.exists()
     assert sorted(os.listdir(inbox)) == [".hidden.jsonl", "x.jsonl.part", "y.jsonl.tmp"]
 
@@ -182,6 +188,33 @@ def test_outcomes_that_count_as_attempts():
         assert o.counts_as_attempt
     assert Outcome.from_exit(0) == Outcome.FINISHED and Outcome.from_exit(-9) == Outcome.CRASHED
     assert Outcome.from_exit(6) == Outcome.DISK_LOW and Outcome.from_exit(7) == Outcome.NONFINITE
+    assert Outcome.STALLED.counts_as_attempt and not Outcome.MODEL_UNAVAILABLE.counts_as_attempt
+    assert Outcome.from_exit(8) == Outcome.MODEL_UNAVAILABLE
+
+
+def test_the_daemons_death_counts_but_earns_no_back_off():
+    from trainerd.jobs import Attempt
+
+    meta = JobMeta(id="x", original_name="x.jsonl", sha256="", size=0, examples=1, attempts=[
+        Attempt(number=1, started_at=0, outcome=Outcome.INTERRUPTED),
+        Attempt(number=2, started_at=0, outcome=Outcome.INTERRUPTED),
+        Attempt(number=3, started_at=0, outcome=Outcome.CRASHED)])
+    assert meta.failed_attempts == 3 and meta.own_failures == 1
+    assert QueueConfig().backoff_after(meta.own_failures) == 30  # not the 600 s of a third failure
+
+
+def test_recovery_quarantines_a_job_whose_attempts_all_took_the_daemon_down(q):
+    write_jsonl(q.layout.inbox / "bomb.jsonl", chat_rows(2))
+    q.ingest()
+    q.cfg.max_attempts = 2
+    for _ in (1, 2):  # each attempt dies with the daemon (kill -9, OOM killer, power cut)
+        ref = q.claim()
+        q.record_attempt_start(ref, 123, Priority.NORMAL)
+        notes = q.recover()
+    [ref] = q.list()
+    assert ref.state == JobState.FAILED and "no attempts left" in " ".join(notes)
+    assert [a.outcome for a in ref.meta().attempts] == [Outcome.INTERRUPTED, Outcome.INTERRUPTED]
+    assert "daemon's own death" in reason(ref)
 
 
 def test_oom_fallback_keeps_the_effective_batch_exact():

@@ -467,11 +467,11 @@ def _supervisor_starts_the_server() -> bool:
 
 @pytest.mark.skipif(not _supervisor_starts_the_server(),
                     reason="the supervisor does not start the HTTP server yet (see the wiring patch)")
-def test_the_daemon_serves_http_and_obeys_it(tmp_path):
+def test_the_daemon_serves_http_and_obeys_it(tmp_path, tiny_model):
     from tests.conftest import cli, daemon_log, start_daemon, wait_for
 
-    # No job, so no model is ever loaded: the daemon idles and serves.
-    base = make_base(tmp_path / "base", "unused-model", "[server]\nport = 0\n")
+    # No job: the daemon idles and serves (the model is only checked at start).
+    base = make_base(tmp_path / "base", tiny_model, "[server]\nport = 0\n")
     layout = Layout.at(base)
     d = start_daemon(base)
     try:

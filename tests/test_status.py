@@ -1,8 +1,22 @@
 import json
+import os
+import re
 import signal
 import subprocess
+import urllib.request
 
-from tests.conftest import cli, trainerd_cmd, wait_for
+import pytest
+
+from tests.conftest import (
+    chat_rows,
+    cli,
+    daemon,
+    daemon_log,
+    make_base,
+    trainerd_cmd,
+    wait_for,
+    write_jsonl,
+)
 
 
 def _status(base):
@@ -78,3 +92,42 @@ def test_main_loop_survives_its_own_exceptions(base):
     finally:
         d.terminate()
         assert d.wait(30) == 0
+
+
+def _queued_meta(base):
+    from trainerd.paths import Layout
+
+    layout = Layout.at(base)
+    for p in ("high", "normal", "low"):
+        for name in os.listdir(layout.queued(p)):
+            return json.loads((layout.queued(p) / name / "job.json").read_text())
+    return None
+
+
+@pytest.mark.slow
+def test_a_job_waiting_out_its_back_off_says_why_everywhere(tmp_path, tiny_model):
+    """A real worker killed mid-job: status, queue list and the dashboard's /api/status all
+    say when the next try is, which attempt it will be, and why it waits."""
+    base = make_base(tmp_path / "b", tiny_model, "[queue]\nbackoff_seconds = [300]\n"
+                     "[train]\nmicro_batch_size = 1\n")
+    write_jsonl(base / "inbox" / "w.jsonl", chat_rows(200, "wait"))
+    with daemon(base) as d:
+        def training_pid():
+            for p in (base / "jobs" / "active").iterdir():
+                meta = json.loads((p / "job.json").read_text())
+                if (p / "progress.json").exists() and meta["attempts"]:
+                    return meta["attempts"][-1]["pid"]
+            return None
+
+        os.kill(wait_for(training_pid, 240, what="a worker training"), signal.SIGKILL)
+        wait_for(lambda: _queued_meta(base), 120, what="the job back in the queue")
+        want = re.compile(r"next try in [45] min \(attempt 2, back-off after a crash\)")
+        wide = dict(os.environ, COLUMNS="400")
+        assert want.search(cli("status", "--base-dir", base, env=wide).stdout)
+        assert want.search(cli("queue", "list", "--base-dir", base, env=wide).stdout)
+        info = json.loads((base / "run" / "server.json").read_text())
+        with urllib.request.urlopen(f"http://127.0.0.1:{info['port']}/api/status", timeout=30) as r:
+            api = json.loads(r.read())
+        assert want.fullmatch(api["queued"][0]["waiting"])
+        d.send_signal(signal.SIGTERM)
+        assert d.wait(timeout=120) == 0, daemon_log(base)

@@ -21,6 +21,7 @@ from rich.table import Table
 from trainerd import control
 from trainerd.config import ConfigError, DataMapConfig, QueueConfig, load_config
 from trainerd.jobs import JobState, Priority
+from trainerd.names import printable
 from trainerd.paths import Layout
 
 # add_completion: --install-completion / --show-completion for bash, zsh, fish, PowerShell.
@@ -141,13 +142,15 @@ def init(
 @app.command()
 def run(
     base_dir: Path = BaseDir,
-    once: bool = typer.Option(False, "--once", "--exit-when-idle", help="exit when the queue is empty"),
+    once: bool = typer.Option(False, "--once", "--exit-when-idle",
+                              help="exit when the queue is empty (0), or at once with 4 when paused"),
     log_format: str = typer.Option("text", help="text or json (json records carry job_id, attempt, version)"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run the daemon in the foreground (systemd runs it like this)."""
     from trainerd import oplog
     from trainerd.lock import AlreadyRunning
+    from trainerd.preflight import PreflightError
     from trainerd.supervisor import run_daemon
 
     layout = _layout(base_dir)
@@ -157,7 +160,7 @@ def run(
         _fail(str(e), 2)
     try:
         code = run_daemon(base_dir, once=once)
-    except ConfigError as e:
+    except (ConfigError, PreflightError) as e:
         _fail(str(e), 2)
     except AlreadyRunning as e:
         _fail(str(e), 3)
@@ -199,6 +202,8 @@ def status(
               f"low {q['queued_low']}), {q['active']} active, {q['done']} done, {q['failed']} failed")
     m = s["model"]
     out.print(f"model:  {m['version']}" + (f" ({m.get('kind')}, parent {m.get('parent')})" if m["version"] != "base" else ""))
+    if d.get("paused_reason"):
+        out.print(f"paused: [red]{escape(d['paused_reason'])}[/]", highlight=False)
     for hook, o in sorted(((s.get("publish") or {}).get("last") or {}).items()):
         state = "[green]ok[/]" if o.get("ok") else f"[red]failed[/] ({escape(str(o.get('error')))})"
         out.print(f"publish {hook}: {o.get('version')} {state}, {o.get('attempts')} attempt(s), {_ago(o.get('at'))}",
@@ -215,8 +220,13 @@ def status(
         step, total = p.get("step"), p.get("max_steps")
         n = p.get("examples_total") or a["examples"]  # with replay, more than the file holds
         frac = f"step {step}/{total}, {p.get('examples_done', 0)}/{n} examples" if step else "starting"
-        out.print(f"active: {a['name']} ({a['id']}): {frac}, loss {_loss(p.get('loss'))}, "
-                  f"{p.get('tokens_per_s') or 0:.0f} tok/s")
+        phase = (a.get("heartbeat") or {}).get("phase")
+        out.print(f"active: {escape(printable(a['name']))} ({a['id']}): {frac}, loss {_loss(p.get('loss'))}, "
+                  f"{p.get('tokens_per_s') or 0:.0f} tok/s" + (f", phase {phase}" if phase else ""), highlight=False)
+    for j in s["queued"]:
+        if j.get("waiting"):
+            out.print(f"queued: {escape(printable(j['name']))} ({j['id']}): {j['waiting']}", highlight=False)
+    _print_inbox(d.get("inbox"))
     if s["done"]:
         t = Table(title="trained", title_justify="left")
         for col in ("file", "examples", "steps", "loss first -> last"):
@@ -224,12 +234,26 @@ def status(
         for j in s["done"]:
             cut = ", ".join(f"{j[k]} {k}" for k in ("sequences", "dropped", "truncated")
                             if j.get(k) and (k != "sequences" or j[k] != j["examples"]))
-            t.add_row(j["name"], str(j["examples"]) + (f" ({cut})" if cut else ""), str(j["steps_done"]),
+            t.add_row(escape(printable(str(j["name"]))), str(j["examples"]) + (f" ({cut})" if cut else ""), str(j["steps_done"]),
                       f"{_loss(j['first_loss'])} -> {_loss(j['last_loss'])}")
         out.print(t)
     for j in s["failed"]:
-        out.print(f"[red]failed[/] {j['id']} ({escape(str(j.get('name')))}): {escape(str(j.get('reason')))}",
-                  highlight=False)
+        out.print(f"[red]failed[/] {j['id']} ({escape(printable(str(j.get('name'))))}): "
+                  f"{escape(printable(str(j.get('reason'))))}", highlight=False)
+
+
+def _print_inbox(inbox: dict | None) -> None:
+    """Inbox entries not taken in (yet), with why: settling, ignored by the Maildir rules."""
+    if not inbox:
+        return
+    if inbox.get("blocked"):
+        out.print(f"inbox:  [red]{escape(inbox['blocked'])}[/]", highlight=False)
+    for key, label in (("waiting", "waiting"), ("ignored", "ignored")):
+        for e in inbox.get(key) or []:
+            out.print(f"inbox:  {label} {escape(e['name'])}: {escape(e['why'])}", highlight=False)
+        more = (inbox.get(f"{key}_count") or 0) - len(inbox.get(key) or [])
+        if more > 0:
+            out.print(f"inbox:  ... and {more} more {label}")
 
 
 @app.command()
@@ -440,7 +464,7 @@ def queue_add(
     bad = 0
     for f in files:
         if not f.is_file():
-            err.print(f"[red]skipped[/] {f}: not a regular file")
+            err.print(f"[red]skipped[/] {escape(printable(str(f)))}: not a regular file", highlight=False)
             bad += 1
             continue
         ref = q.submit(f, priority, move=move)
@@ -450,7 +474,8 @@ def queue_add(
             from trainerd.status import job_summary
 
             bad += 1
-            out.print(f"[red]rejected[/] {f}: {escape(str(job_summary(ref).get('reason')))}", highlight=False)
+            out.print(f"[red]rejected[/] {escape(printable(str(f)))}: {escape(str(job_summary(ref).get('reason')))}",
+                      highlight=False)
     raise typer.Exit(1 if bad else 0)
 
 
@@ -472,11 +497,12 @@ def queue_list(
     t = Table()
     # Full ids, never cut: what is shown here is what show/move/remove accept.
     t.add_column("id", no_wrap=True, overflow="fold", min_width=len(rows[0]["id"]) if rows else None)
-    for col in ("name", "state", "priority", "examples", "attempts", "age"):
+    for col in ("name", "state", "priority", "examples", "attempts", "age", "waiting"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["id"], r.get("name", "?"), r["state"], r.get("priority", "-"), str(r.get("examples", "")),
-                  str(r.get("attempts", "")), _ago(r.get("submitted_at")))
+        t.add_row(r["id"], escape(printable(str(r.get("name", "?")))), r["state"], r.get("priority", "-"),
+                  str(r.get("examples", "")), str(r.get("attempts", "")), _ago(r.get("submitted_at")),
+                  r.get("waiting") or "")
     out.print(t)
 
 

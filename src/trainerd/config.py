@@ -92,6 +92,10 @@ class DaemonConfig(_Section):
     stop_grace_seconds: float = Field(
         600, gt=0, description="how long a warm stop waits for the worker's checkpoint"
     )
+    stall_seconds: float = Field(
+        1800, gt=0, description="no step, phase change or heartbeat progress this long: the worker has "
+        "stalled; it is stopped, then killed after stop_grace_seconds, and the attempt counts"
+    )
 
 
 class DiskConfig(_Section):
@@ -273,7 +277,7 @@ every_minutes = 10           # ... or every T minutes, whichever comes first
 keep = 2                     # valid checkpoints kept for the active job
 
 [queue]
-settle_seconds = 2           # an inbox file must be unchanged this long before intake
+settle_seconds = 2           # an inbox file must be seen unchanged this long (inbox/high|normal|low: priority)
 max_attempts = 3             # crashes, kills and data errors count; then jobs/failed/
 backoff_seconds = [30, 120, 600]   # wait before retry 1, 2, 3...
 max_file_mb = 4096           # larger inbox files are rejected
@@ -282,6 +286,7 @@ poll_seconds = 1.0           # how often the daemon looks at inbox/control witho
 [daemon]
 heartbeat_seconds = 2        # run/status.json is rewritten at least this often
 stop_grace_seconds = 600     # a warm stop waits this long for the worker's checkpoint
+stall_seconds = 1800         # no step, phase change or load progress this long: stop, kill, count it
 
 [disk]
 min_free_mb = 1024           # below this much free space the daemon pauses itself ...

@@ -21,6 +21,7 @@ JOB_JSON = "job.json"
 DATA = "data.jsonl"
 ERROR_JSON = "error.json"
 PROGRESS_JSON = "progress.json"
+HEARTBEAT_JSON = "heartbeat.json"  # the worker's phase, step and liveness count (trainerd.worker.heartbeat)
 WORKER_LOG = "worker.log"
 WORKER_ERROR = "worker-error.json"  # the worker's own account of why it failed
 WORKER_LOCK = ".worker.lock"  # flocked by the live worker of a job
@@ -65,6 +66,7 @@ class ExitCode(IntEnum):
     RESOURCE_ERROR = 5  # out of memory: retried with half the micro-batch
     DISK_LOW = 6  # stopped (without a checkpoint if there was no room); daemon pauses itself
     NONFINITE = 7  # loss or gradient became NaN/Inf; rolled back to the last good checkpoint
+    MODEL_UNAVAILABLE = 8  # the model cannot be loaded (gone, broken template); daemon pauses itself
     # anything else, a signal included, is a crash and counts as an attempt
 
 
@@ -78,6 +80,8 @@ class Outcome(str, Enum):
     CRASHED = "crashed"
     SKIPPED = "skipped"
     INTERRUPTED = "interrupted"  # the daemon itself died while the attempt ran
+    STALLED = "stalled"  # no progress for daemon.stall_seconds: stopped, then killed, by the daemon
+    MODEL_UNAVAILABLE = "model_unavailable"  # not the job's fault: the daemon pauses until it is back
 
     @classmethod
     def from_exit(cls, code: int) -> Outcome:
@@ -88,6 +92,7 @@ class Outcome(str, Enum):
             ExitCode.RESOURCE_ERROR: cls.RESOURCE_ERROR,
             ExitCode.DISK_LOW: cls.DISK_LOW,
             ExitCode.NONFINITE: cls.NONFINITE,
+            ExitCode.MODEL_UNAVAILABLE: cls.MODEL_UNAVAILABLE,
         }.get(code, cls.CRASHED)  # type: ignore[call-overload]
 
     @property
@@ -96,7 +101,7 @@ class Outcome(str, Enum):
         full disk (the daemon pauses itself), and the OOM and NaN fallbacks, which have
         their own limits (micro-batch 1; one retry)."""
         return self not in (Outcome.FINISHED, Outcome.STOPPED, Outcome.DISK_LOW,
-                            Outcome.RESOURCE_ERROR, Outcome.NONFINITE)
+                            Outcome.RESOURCE_ERROR, Outcome.NONFINITE, Outcome.MODEL_UNAVAILABLE)
 
 
 def describe_exit(code: int | None) -> str:
@@ -159,6 +164,15 @@ class JobMeta(BaseModel):
     @property
     def failed_attempts(self) -> int:
         return sum(1 for a in self.attempts if a.outcome is not None and a.outcome.counts_as_attempt)
+
+    @property
+    def own_failures(self) -> int:
+        """Failed attempts that were the job's doing. An attempt cut short by the daemon's
+        own death (INTERRUPTED) counts toward max_attempts, so a job that takes the machine
+        down is quarantined in the end, but earns no back-off: after a reboot the job
+        resumes from its checkpoint at once (docs/DECISIONS.md)."""
+        return sum(1 for a in self.attempts if a.outcome is not None and a.outcome.counts_as_attempt
+                   and a.outcome != Outcome.INTERRUPTED)
 
     @classmethod
     def load(cls, job_dir: Path) -> JobMeta:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 # The supervisor's states (run/status.json "state"), for a state-set metric; an unknown
 # one is reported too.
-DAEMON_STATES = ("starting", "idle", "training", "paused", "paused_disk", "stopped")
+DAEMON_STATES = ("starting", "idle", "training", "paused", "paused_disk", "paused_model", "stopped")
 # A job's training time, summed over its attempts: minutes for a small file, a day for a big one.
 DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 # issue 14's stall detection ends an attempt with this outcome; a string, not an enum

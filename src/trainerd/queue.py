@@ -27,6 +27,16 @@ from typing import Any
 from trainerd import atomic, dircache, validate
 from trainerd.config import DataMapConfig, QueueConfig
 from trainerd.formats import NO_MAP
+from trainerd.inbox import (
+    NOT_DELIVERED_SUFFIXES,
+    REJECTED_MARK,
+    TOO_DEEP,
+    Entry,
+    Settler,
+    Skipped,
+    note_path,
+    scan,
+)
 from trainerd.jobs import (
     DATA,
     ERROR_JSON,
@@ -41,12 +51,14 @@ from trainerd.jobs import (
     Outcome,
     Priority,
 )
+from trainerd.names import printable
 from trainerd.paths import PRIORITIES, Layout
 
 log = logging.getLogger("trainerd.queue")
 
-NOT_DELIVERED_SUFFIXES = (".part", ".tmp")
-REJECTED_MARK = ".rejected.json"
+__all__ = ["NOT_DELIVERED_SUFFIXES", "REJECTED_MARK", "ORIGINAL", "Queue", "QueueError", "JobRef"]
+# Running out of file descriptors is the daemon's condition, not the entry's: never a rejection.
+FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 # How often ingest looks for intakes abandoned by an error (e.g. a full disk) to finish them.
 STAGING_RETRY_SECONDS = 5.0
 ORIGINAL = "original"  # a rejected non-file inbox entry (symlink, FIFO, folder) is kept under this name
@@ -128,6 +140,8 @@ class Queue:
         self._sync = True
         self._retry_at = 0.0  # monotonic time of the next look for abandoned intakes
         self._retry_noted: set[str] = set()
+        self.settler = Settler()  # what this process has seen of each inbox entry
+        self.blocked: str | None = None  # why intake cannot go on right now (e.g. no file descriptors)
 
     # ----------------------------------------------------------------- helpers
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
@@ -287,17 +301,20 @@ class Queue:
                 JobMeta(id=job_id, original_name=path.name, source_folder=source_folder,
                         sha256="", size=0, examples=0).save(stage, sync=self._sync)
                 atomic.write_json(stage / ERROR_JSON, {
-                    "reason": f"{path.name}: {reason}", "stage": "intake", "at": time.time(),
+                    "reason": f"{printable(path.name)}: {reason}", "stage": "intake", "at": time.time(),
                 }, sync=self._sync)
                 atomic.rename(stage, self.layout.failed / job_id, sync=self._sync)
         except OSError as e:
-            # Cannot move it (e.g. a read-only or foreign inbox): leave a note beside it.
             with contextlib.suppress(OSError):
                 (self.layout.incoming / job_id).rmdir()
+            if e.errno in FD_EXHAUSTED:
+                raise
+            # Cannot move it (e.g. a read-only or foreign inbox): leave a note beside it.
             self._mark_in_place(path, f"{reason} (and it could not be moved to jobs/failed/: {e.strerror})")
             return None
+        self.settler.forget(path)
         self._event("rejected", job_id, name=path.name, reason=reason)
-        log.warning("rejected inbox entry %s: %s", path, reason)
+        log.warning("rejected inbox entry %s: %s", printable(str(path)), reason)
         return JobRef(job_id, JobState.FAILED, self.layout.failed / job_id)
 
     def _mark_in_place(self, path: Path, reason: str) -> None:
@@ -309,65 +326,68 @@ class Queue:
         if key in self._rejected_in_place:
             return
         self._rejected_in_place.add(key)
-        log.warning("rejected inbox entry %s in place: %s", path, reason)
+        log.warning("rejected inbox entry %s in place: %s", printable(str(path)), reason)
         with contextlib.suppress(OSError):
-            atomic.write_json(path.with_name(path.name + REJECTED_MARK),
-                              {"reason": reason, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            atomic.write_json(note_path(path), {"reason": reason, "name": printable(path.name),
+                                                "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
-    def _inbox_entries(self) -> Iterator[tuple[Path, str | None]]:
-        """(path, source_folder) for every delivered-looking inbox entry, oldest first."""
-        def delivered(name: str) -> bool:
-            return not (name.startswith(".") or name.endswith(NOT_DELIVERED_SUFFIXES)
-                        or name.endswith(REJECTED_MARK))
+    def _scan(self, skipped: list[Skipped] | None = None) -> list[Entry]:
+        def unreadable(d: Path, e: OSError) -> None:
+            if e.errno in FD_EXHAUSTED:
+                raise e
+            self._mark_in_place(d, f"cannot list this folder: {e.strerror or e}; "
+                                "fix its permissions so trainerd can read it")
+        return scan(self.layout.inbox, unreadable, skipped)
 
-        def scan(d: Path) -> list[os.DirEntry]:
-            try:
-                return [e for e in os.scandir(d) if delivered(e.name)]
-            except FileNotFoundError:
-                return []
-            except OSError as e:  # e.g. a sub-folder trainerd may not read: say so, once
-                self._mark_in_place(d, f"cannot list this folder: {e.strerror or e}; "
-                                    "fix its permissions so trainerd can read it")
-                return []
-
-        out: list[tuple[float, str, Path, str | None]] = []
-        for e in scan(self.layout.inbox):
-            if e.is_dir(follow_symlinks=False) and not e.name.endswith(".jsonl"):
-                for sub in scan(Path(e.path)):  # one level of sub-folders, name kept
-                    out.append((sub.stat(follow_symlinks=False).st_mtime, sub.name, Path(sub.path), e.name))
-            else:
-                out.append((e.stat(follow_symlinks=False).st_mtime, e.name, Path(e.path), None))
-        for _m, _n, p, folder in sorted(out, key=lambda t: (t[0], t[1])):
-            yield p, folder
-
-    def ingest(self, now: float | None = None, budget_seconds: float | None = None) -> Intake:
+    def ingest(self, budget_seconds: float | None = None) -> Intake:
         """Take every delivered, settled inbox entry (or as many as fit in the time budget;
-        `.more` then says to call again). Never raises for one bad entry."""
-        now = time.time() if now is None else now
+        `.more` then says to call again). Never raises for one bad entry; when the process
+        runs out of file descriptors, stops and says so in `blocked` (nothing is rejected)."""
         deadline = time.monotonic() + budget_seconds if budget_seconds else None
         taken = Intake()
         self._sync = False
         retried = False
         try:
             retried = self._retry_abandoned()
-            for i, (path, folder) in enumerate(self._inbox_entries()):
+            entries = self._scan()
+            self.settler.keep_only({str(e.path) for e in entries})
+            for i, entry in enumerate(entries):
                 if i and deadline is not None and time.monotonic() > deadline:  # always progress
                     taken.more = True
                     break
                 try:
-                    ref = self._ingest_one(path, folder, now)
+                    ref = self._ingest_one(entry)
                 except FileNotFoundError:
                     continue  # vanished between scan and intake (the user took it back)
                 except OSError as e:
-                    self._mark_in_place(path, f"cannot take it in: {e.strerror or e}")
+                    if e.errno in FD_EXHAUSTED:
+                        raise
+                    self._mark_in_place(entry.path, f"cannot take it in: {e.strerror or e}")
                     continue
                 if ref is not None:
                     taken.append(ref)
+            self.blocked = None
+        except OSError as e:
+            if e.errno not in FD_EXHAUSTED:
+                raise
+            self._fd_exhausted(e)
+            taken.more = False  # retried at the next tick, after the descriptors are back
         finally:
             self._sync = True
             if taken or retried:
-                atomic.syncfs(self.layout.base)
+                with contextlib.suppress(OSError):  # EMFILE too: the next slice syncs again
+                    atomic.syncfs(self.layout.base)
         return taken
+
+    def _fd_exhausted(self, e: OSError) -> None:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        why = (f"intake paused: out of file descriptors ({e.strerror}; limit {soft}, ulimit -n). "
+               "trainerd retries by itself; raise the limit (LimitNOFILE= in the systemd unit) if it persists")
+        if why != self.blocked:
+            log.error("%s", why)
+        self.blocked = why
 
     def _retry_abandoned(self) -> bool:
         """Finish intakes an error cut short in this process's lifetime, e.g. a full disk
@@ -403,29 +423,55 @@ class Queue:
     def _told_in_place(self, path: Path, st: os.stat_result) -> bool:
         """Rejected in place already: the user fixes it by replacing the file."""
         return (str(path), st.st_size, st.st_mtime_ns) in self._rejected_in_place or \
-            path.with_name(path.name + REJECTED_MARK).exists()
+            note_path(path).exists()
 
     def pending_inbox(self) -> int:
         """Inbox entries not yet taken in (e.g. still settling), excluding rejected ones."""
         n = 0
-        for path, _folder in self._inbox_entries():
+        for entry in self._scan():
             with contextlib.suppress(OSError):
-                if not self._told_in_place(path, os.lstat(path)):
+                if not self._told_in_place(entry.path, os.lstat(entry.path)):
                     n += 1
         return n
 
-    def _ingest_one(self, path: Path, folder: str | None, now: float) -> JobRef | None:
+    def inbox_report(self, limit: int = 20) -> dict[str, Any]:
+        """What the inbox holds that is not taken in yet, and why, for `status`: entries
+        settling (with how long this process has seen them unchanged), entries ignored by
+        the Maildir rules, entries rejected in place. At most `limit` of each are named."""
+        ignored: list[Skipped] = []
+        waiting: list[Skipped] = []
+        for entry in self._scan(ignored):
+            try:
+                st = os.lstat(entry.path)
+            except OSError:
+                continue
+            name = printable(str(entry.path.relative_to(self.layout.inbox)))
+            if self._told_in_place(entry.path, st):
+                ignored.append(Skipped(name, "rejected in place (see its .rejected.json note); replace it to retry"))
+                continue
+            seen = self.settler.peek(entry.path, st)
+            waiting.append(Skipped(name, f"settling: unchanged for {seen:.1f} s of the "
+                                   f"queue.settle_seconds = {self.cfg.settle_seconds:g} it needs"
+                                   if seen is not None else "waiting for the daemon to look at it"))
+        return {"waiting": [vars(x) for x in waiting[:limit]], "waiting_count": len(waiting),
+                "ignored": [vars(x) for x in ignored[:limit]], "ignored_count": len(ignored),
+                "blocked": self.blocked}
+
+    def _ingest_one(self, entry: Entry) -> JobRef | None:
+        path, folder = entry.path, entry.folder
         st = os.lstat(path)
         if self._told_in_place(path, st):
             return None
         if stat.S_ISLNK(st.st_mode):
             return self._reject_entry(path, "a symlink; trainerd does not follow links in the inbox. "
                                       "Copy the file in, or deliver it with `trainerd queue add`", folder)
+        if entry.too_deep:
+            return self._reject_entry(path, TOO_DEEP, folder)
         if stat.S_ISDIR(st.st_mode):
             return self._reject_entry(path, "a folder named like a data file; put .jsonl files in it instead", folder)
         if not stat.S_ISREG(st.st_mode):
             return self._reject_entry(path, "not a regular file (FIFO, socket or device)", folder)
-        if now - st.st_mtime < self.cfg.settle_seconds:
+        if self.settler.waited(path, st) < self.cfg.settle_seconds:
             return None  # still being written, or just delivered: wait for it to settle
         bad_name = validate.name_error(path.name)
         if bad_name:
@@ -446,9 +492,11 @@ class Queue:
             raise
         # The id's time is the arrival here, not the file's mtime, which cp -p, rsync and tar
         # preserve (a file from 1970 must not jump the queue). Scan order is oldest first.
-        ref = self.submit(path, move=True, original_name=path.name, source_folder=folder)
+        ref = self.submit(path, entry.priority, move=True, original_name=path.name, source_folder=folder)
+        self.settler.forget(path)
         # A rejected file is a data error: WARNING (someone should fix the file), never ERROR.
-        log.log(logging.INFO if ref.state == JobState.QUEUED else logging.WARNING, "%s: %s as %s", path.name,
+        log.log(logging.INFO if ref.state == JobState.QUEUED else logging.WARNING, "%s: %s as %s",
+                printable(str(path.relative_to(self.layout.inbox))),
                 "queued" if ref.state == JobState.QUEUED else "rejected", ref.id)
         return ref
 
@@ -547,7 +595,18 @@ class Queue:
                 a.error = "the daemon stopped while this attempt ran (crash, kill -9 or power loss)"
                 meta.save(ref.path)
                 self._event("attempt_end", ref.id, outcome=a.outcome.value, error=a.error)
-                notes.append(f"{ref.id}: attempt {a.number} was interrupted; it will be resumed first")
+                if meta.failed_attempts >= self.cfg.max_attempts:
+                    # Counted like any failure, so a job that takes the machine down with it
+                    # (OOM killer, kernel panic) is quarantined instead of retried forever.
+                    self.fail(ref, f"gave up after {meta.failed_attempts} failed attempt(s) (queue.max_attempts "
+                              f"= {self.cfg.max_attempts}); the last was cut short by the daemon's own death. "
+                              "If this job is what brings the machine down, fix its data or the model "
+                              "settings, then `trainerd queue requeue`", stage="training",
+                              attempts=len(meta.attempts))
+                    notes.append(f"{ref.id}: attempt {a.number} was interrupted; no attempts left, failed")
+                    continue
+                notes.append(f"{ref.id}: attempt {a.number} was interrupted; it will be resumed first "
+                             "(no back-off: the daemon's death is not the job's doing)")
         return notes
 
     def _rebuild_meta(self, ref: JobRef) -> str:

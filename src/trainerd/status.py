@@ -8,6 +8,7 @@ comes from the active job's own progress.json. No torch import anywhere on this 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,16 @@ from typing import Any
 from trainerd import atomic, control, lock
 from trainerd.config import QueueConfig
 from trainerd.history import finished
-from trainerd.jobs import ERROR_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState, token_counts
+from trainerd.jobs import (
+    ERROR_JSON,
+    HEARTBEAT_JSON,
+    METRICS,
+    PROGRESS_JSON,
+    JobMeta,
+    JobState,
+    Outcome,
+    token_counts,
+)
 from trainerd.paths import Layout
 from trainerd.publish import PUBLISH_JSON
 from trainerd.queue import JobRef, Queue
@@ -45,6 +55,29 @@ def loss_curve(job_dir: Path) -> list[float]:
     except OSError:
         pass
     return out
+
+
+BACKOFF_CAUSE = {
+    Outcome.CRASHED: "a crash", Outcome.STALLED: "a stall", Outcome.DATA_ERROR: "a data error",
+    Outcome.INTERRUPTED: "the daemon's own death",
+}
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(1, math.ceil(seconds))} s"
+    m = math.ceil(seconds / 60)
+    return f"{m} min" if m < 60 else f"{m // 60} h {m % 60} min"
+
+
+def waiting(meta: JobMeta, now: float) -> str | None:
+    """Why a queued job is not claimed yet, or None when it may be claimed now:
+    "next try in 4 min (attempt 4, back-off after a crash)"."""
+    if meta.not_before <= now:
+        return None
+    last = meta.attempts[-1].outcome if meta.attempts else None
+    cause = BACKOFF_CAUSE.get(last, f"outcome {last.value}" if last else "a failed attempt")  # type: ignore[arg-type]
+    return f"next try in {_minutes(meta.not_before - now)} (attempt {len(meta.attempts) + 1}, back-off after {cause})"
 
 
 def current_model(layout: Layout) -> dict[str, Any]:
@@ -88,6 +121,9 @@ def job_summary(ref: JobRef) -> dict[str, Any]:
         out["reason"] = err.get("reason")
     if ref.state == JobState.ACTIVE:
         out["progress"] = _read(ref.path / PROGRESS_JSON)
+        out["heartbeat"] = _read(ref.path / HEARTBEAT_JSON)  # the worker's phase and step
+    if ref.state == JobState.QUEUED:
+        out["waiting"] = waiting(meta, time.time())
     return out
 
 
@@ -99,6 +135,7 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
     if holder is not None:
         daemon.update(pid=holder.pid, since=holder.started_at)
         if st is not None:
+            daemon.update(paused_reason=st.get("paused_reason"), inbox=st.get("inbox"))
             age = now - float(st.get("heartbeat_at", 0))
             interval = float(st.get("heartbeat_seconds", 2))
             daemon.update(state=st.get("state"), heartbeat_age=age,
@@ -112,6 +149,11 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
         except OSError:  # a broken folder: report the rest
             return []
 
+    if "inbox" not in daemon:  # no daemon to ask: what the Maildir rules alone say
+        try:
+            daemon["inbox"] = q.inbox_report()
+        except OSError:
+            daemon["inbox"] = None
     # The `recent` that finished last (not that arrived last), oldest first; from the
     # ledger, so 10,000 done jobs cost no more than ten.
     done = finished(layout, (JobState.DONE,), recent).refs[::-1] if recent else []

@@ -25,12 +25,13 @@ from typing import Any
 
 import psutil
 
-from trainerd import atomic, control, guards, oplog, wishes
+from trainerd import atomic, control, guards, oplog, preflight, wishes
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.gpugate import TrainingHold
 from trainerd.jobs import (
     EVALS,
+    HEARTBEAT_JSON,
     METRICS,
     PROGRESS_JSON,
     WORKER_ERROR,
@@ -51,12 +52,18 @@ from trainerd.publish import Publisher
 from trainerd.queue import JobRef, Queue
 from trainerd.schedule import CONSOLIDATE, Housekeeping
 from trainerd.server import HEARTBEAT_INTERVAL_S
+from trainerd.stall import StallWatch
 from trainerd.systemd import Notifier
 from trainerd.tokstage import TokenStage
 
 log = logging.getLogger("trainerd.supervisor")
 
 LOG_TAIL_BYTES = 4000
+# Exit statuses of `trainerd run` (README): 0 stopped or --once done, 2 refused to start
+# (config, base_model), 3 already running, 4 --once found the daemon paused (scripts tell
+# "paused" from "done").
+EXIT_PAUSED = 4
+PAUSED_STATES = ("paused", "paused_disk", "paused_model")
 
 
 def log_tail(path: Path, nbytes: int = LOG_TAIL_BYTES) -> str:
@@ -94,6 +101,8 @@ class Running:
     stop_reason: str | None = None
     skip: control.Skip | None = None
     group: bool = False  # a torchrun group (worker/launch.py): proc is the agent
+    watch: StallWatch | None = None  # the anti-stuck monitor of this attempt
+    stall: str | None = None  # set when it stalled: why, for the attempt's record
 
     @property
     def log_ctx(self) -> dict[str, int]:
@@ -146,6 +155,8 @@ class Supervisor:
         self.disk_pause: str | None = None  # the daemon paused itself: why
         self.disk_retry_at = 0.0
         self.disk: guards.DiskReading | None = None
+        self.model = preflight.ModelGuard(layout, cfg)  # pauses when base_model disappears
+        self.exit_code = 0
         self._last_status = 0.0
         self._last_written: tuple[str, bool] | None = None  # a state change is written at once
         self._observer: Any = None
@@ -219,7 +230,10 @@ class Supervisor:
         self.layout.ensure()
         self.lock.acquire()  # AlreadyRunning propagates to the CLI
         try:
-            self._install_signals()
+            self._install_signals()  # first: a stop during the preflight is a clean exit
+            if not self._preflight():  # PreflightError propagates: the CLI exits 2 with its sentence
+                log.info("stopped during the start-up check of base_model")
+                return 0
             try:
                 self.ledger = Ledger(self.layout.state_db)
             except Exception as e:
@@ -251,6 +265,20 @@ class Supervisor:
             if self.ledger is not None:
                 self.ledger.close()
             self.lock.release()
+
+    def _preflight(self) -> bool:
+        """Refuse to start on a model that is not there or does not load (see preflight.py).
+        False when a stop signal came first."""
+        res = preflight.check(self.layout, self.cfg, cancel=lambda: bool(self.signals))
+        if res.cancelled:
+            return False
+        for w in res.warnings:
+            log.warning("preflight: %s", w)
+        if not res.ok:
+            raise preflight.PreflightError(f"{self.layout.config}: {res.problem}")
+        log.info("preflight: %s loads (%s)", self.cfg.base_model,
+                 "unchanged since the last check" if res.cached else f"checked in {res.seconds:.1f} s")
+        return True
 
     def _startup(self) -> bool:
         """The start-up writes: a stop wish becomes "running", and recovery of what the last
@@ -286,7 +314,7 @@ class Supervisor:
             self.heartbeat_at = time.time()
             try:
                 if self._tick():
-                    return 0
+                    return self.exit_code
                 self.loop_errors = 0
             except Exception:
                 # The loop survives its own bugs (fix #4 of the original daemon), with a
@@ -360,15 +388,30 @@ class Supervisor:
                 if housework != CONSOLIDATE:
                     self.stage.stop()  # the GPU is free: the next job's worker goes first
                 ref = None if housework == CONSOLIDATE else self._claim()
-                if ref is not None:
+                if ref is not None and not self.model.ready():
+                    # base_model went away: the job waits in active/ and no attempt is burnt on it.
+                    self.gpu.release()
+                    self.state = "paused_model"
+                elif ref is not None:
                     self._spawn(ref)
                 elif self.once and self._idle() and housework is None:
                     log.info("queue empty; exiting (--once)")
                     return True
                 else:
                     self.state = "consolidating" if housework == CONSOLIDATE else "idle"
+            if self.once and self.state in PAUSED_STATES and self.queue.pending_inbox() == 0:
+                # Waiting for a resume would never end for a script: say so and exit non-zero.
+                log.warning("paused (%s); exiting with status %d (--once)", self._pause_reason(), EXIT_PAUSED)
+                self.exit_code = EXIT_PAUSED
+                return True
         self._write_status()
         return False
+
+    def _pause_reason(self) -> str:
+        wish = control.read_wish(self.layout)
+        if wish.state == Desired.PAUSED:
+            return wish.reason or "paused by user; `trainerd resume` to train"
+        return self.disk_pause or self.model.pause or "paused"
 
     def _idle(self) -> bool:
         c = self.queue.counts()
@@ -384,7 +427,14 @@ class Supervisor:
         finally:
             oplog.reopen()  # after logrotate moved the file away (the config aside)
         restart_keys = [k for k in ("base_model",) if getattr(new, k) != getattr(self.cfg, k)]
+        checked = preflight.check(self.layout, new)
+        if not checked.ok and restart_keys:
+            log.error("SIGHUP: config not reloaded, the running config stays: %s", checked.problem)
+            return
         self.cfg = new
+        self.model = preflight.ModelGuard(self.layout, new)
+        if not checked.ok:  # the same base_model, gone or broken since the start: pause, say why
+            self.model.set_pause(checked.problem)
         self.queue.cfg = new.queue
         self.queue.data_map = new.data.map
         self.house.configure(new.schedule, new.consolidate)
@@ -408,12 +458,13 @@ class Supervisor:
 
     def _spawn(self, ref: JobRef) -> None:
         prio = self._claimed_priority(ref)
-        for stale in (WORKER_ERROR, WORKER_OUTCOME):
+        for stale in (WORKER_ERROR, WORKER_OUTCOME, HEARTBEAT_JSON):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(ref.path / stale)
         group = self.cfg.train.nproc > 1 or bool(self.cfg.train.torchrun_args)
         cmd = [sys.executable, "-m", "trainerd.worker.launch"] if group else self.worker_cmd
         env = child_env()
+        env["TRAINERD_HEARTBEAT_SECONDS"] = str(min(self.cfg.daemon.heartbeat_seconds, self.cfg.daemon.stall_seconds / 4))
         meta = self.queue.record_attempt_start(ref, None, prio)
         attempt = meta.attempts[-1].number
         with open(ref.path / WORKER_LOG, "ab") as log_f:
@@ -428,7 +479,8 @@ class Supervisor:
             )
         # Watched from here on, whatever happens next: a worker the daemon forgot would train
         # on beside the next attempt of the same job.
-        self.running = Running(ref, proc, attempt, group=group)
+        self.running = Running(ref, proc, attempt, group=group,
+                               watch=StallWatch(ref.path, self.cfg.daemon.stall_seconds))
         self.state = "training"
         meta.attempts[-1].pid = proc.pid
         try:
@@ -467,6 +519,15 @@ class Supervisor:
                    wish.state.value if wish.state != Desired.RUNNING else
                    "disk low" if self.disk_pause else
                    "skip" if r.skip else None)
+            if r.stall is None and r.stop_sent_at is None and r.watch is not None:
+                r.stall = r.watch.look()
+                if r.stall:
+                    log.error("%s: worker %s; stopping it, SIGKILL in %.0f s if it does not stop", r.ref.id,
+                              r.stall, self.cfg.daemon.stop_grace_seconds)
+                    self._event("stalled", r.ref.id, reason=r.stall)
+                    r.signal(signal.SIGTERM)
+                    r.stop_sent_at, r.stop_reason = time.monotonic(), "stalled"
+                    return
             if cold:
                 log.warning("%s: second signal, killing the worker (cold stop)", r.ref.id, extra=r.log_ctx)
                 r.proc.kill()
@@ -486,7 +547,11 @@ class Supervisor:
         said = r.exit_code(rc)
         outcome = Outcome.from_exit(said)
         error = None
-        if r.stop_reason == "cold stop" and outcome != Outcome.FINISHED:
+        if r.stall and outcome not in (Outcome.FINISHED, Outcome.MODEL_UNAVAILABLE):
+            # Counted whatever the worker did when asked to stop: a stopped checkpoint only
+            # means the hang ended by itself; the next attempt resumes from the newest one.
+            outcome, error = Outcome.STALLED, f"{r.stall}; then {describe_exit(said)}"
+        elif r.stop_reason == "cold stop" and outcome != Outcome.FINISHED:
             outcome, error = Outcome.STOPPED, "cold stop: worker killed without a checkpoint"
         elif r.stop_reason and (rc == -signal.SIGTERM or (r.group and said == rc and rc != 0)):
             # Our stop request landed before the worker had installed its handler (it was
@@ -528,6 +593,9 @@ class Supervisor:
         if outcome == Outcome.DISK_LOW:
             self._pause_for_disk(error or "disk full")
             return  # stays in active/; resumes from its last checkpoint when space returns
+        if outcome == Outcome.MODEL_UNAVAILABLE:
+            self.model.set_pause(error or "the model cannot be loaded")
+            return  # stays in active/; resumes when the model is back (checked every 30 s, SIGHUP)
         if outcome == Outcome.RESOURCE_ERROR:
             self._oom_fallback(r.ref, meta, error)
             return
@@ -549,7 +617,7 @@ class Supervisor:
             self.queue.fail(r.ref, f"gave up after {failed} failed attempt(s); last: {error}",
                             stage="training", attempts=len(meta.attempts))
         else:
-            delay = self.cfg.queue.backoff_after(failed)
+            delay = self.cfg.queue.backoff_after(meta.own_failures)  # a daemon death earns none
             log.warning("%s: attempt failed (%s); retry %d/%d in %.0fs", r.ref.id, error,
                         failed, self.cfg.queue.max_attempts - 1, delay, extra=r.log_ctx)
             self.queue.release(r.ref, meta, time.time() + delay)
@@ -695,7 +763,8 @@ class Supervisor:
             "disk": None if self.disk is None else {
                 "free_bytes": self.disk.free, "pause_below_bytes": self.disk.pause_below,
                 "low": self.disk.low, "warn": self.disk.warn},
-            "paused_reason": self.disk_pause,
+            "paused_reason": self.disk_pause or self.model.pause,
+            "inbox": self.queue.inbox_report(),
             "housework": self.house.running,
             "publish": self.publisher.status(),
             "loop_errors": self.loop_errors,
@@ -703,8 +772,10 @@ class Supervisor:
             "job": None,
         }
         if self.running is not None:
-            status["job"] = {"id": self.running.ref.id, "attempt": self.running.attempt,
-                             "pid": self.running.proc.pid, "stopping": self.running.stop_reason}
+            r = self.running
+            status["job"] = {"id": r.ref.id, "attempt": r.attempt, "pid": r.proc.pid, "stopping": r.stop_reason,
+                             "phase": r.watch.phase if r.watch else None, "step": r.watch.step if r.watch else None,
+                             "stall": r.stall}
         atomic.write_json(self.layout.status, status)
 
 

@@ -32,7 +32,7 @@ from trainerd.server import EVAL_SERIES, JsonlTail, eta_seconds
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 40
 BAR_WIDTH = 30
-STATE_STYLE = {"training": "green", "idle": "cyan", "paused": "yellow", "paused_disk": "red",
+STATE_STYLE = {"training": "green", "idle": "cyan", "paused": "yellow", "paused_disk": "red", "paused_model": "red",
                "stopped": "yellow", "starting": "cyan"}
 
 

@@ -192,12 +192,13 @@ def _tree(root: Path) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if not any(s in str(p) for s in skip))
 
 
-def campaign(root: Path, *, random_names: int = 30, seed: int | None = None, log: Log = quiet) -> Tally:
+def campaign(model: Path, root: Path, *, random_names: int = 30, seed: int | None = None,
+             log: Log = quiet) -> Tally:
     rng, seed = rng_for(seed, log)
     tally = Tally()
     tally.counts["seed"] = seed
-    # No job is trained: the model is never loaded; a good file shows intake still works.
-    base = make_base(root / "base", "unused-model", "[server]\nport = 0\n[queue]\nsettle_seconds = 0\n")
+    # No job is trained; the model is only checked at start (a daemon refuses a missing one).
+    base = make_base(root / "base", model, "[server]\nport = 0\n[queue]\nsettle_seconds = 0\n")
     layout = Layout.at(base)
     (root / "outside").mkdir()
     d = start_daemon(base)

@@ -150,6 +150,7 @@ function daemonLook(s) {
   if (st === "training") return ["training", "ok"];
   if (st === "paused") return ["paused", "warn"];
   if (st === "paused_disk") return ["paused: disk low", "bad"];
+  if (st === "paused_model") return ["paused: model unavailable", "bad"];
   return [st, ""];
 }
 
@@ -244,7 +245,8 @@ function renderQueue(s) {
   const rows = (s.queued || []).map((j) => h("tr", { "data-id": j.id },
     h("td", {}, prioritySelect(j)),
     h("td", { class: "file" }, j.name || j.id, h("span", { class: "mono" }, j.id),
-      j.attempts ? h("span", { class: "badge warn" }, `retry after ${j.attempts} attempt(s)`) : null, overlength(j)),
+      j.waiting ? h("span", { class: "badge warn" }, j.waiting)
+        : j.attempts ? h("span", { class: "badge warn" }, `retry after ${j.attempts} attempt(s)`) : null, overlength(j)),
     h("td", { class: "num" }, fmtNum(j.examples)),
     h("td", {}, fmtAgo(j.submitted_at, s.now)),
     h("td", { class: "acts" }, removeButton(j))));

@@ -35,6 +35,7 @@ from trainerd import formats as F
 from trainerd.config import Config, DataMapConfig
 from trainerd.jobs import EVALS
 from trainerd.paths import Layout
+from trainerd.worker import heartbeat
 from trainerd.worker.chat import TemplateRefused
 from trainerd.worker.data import chat_encoder, encode
 
@@ -208,6 +209,7 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
             samples.append({"line": line, "exact": answer == want,
                             "similarity": round(difflib.SequenceMatcher(None, answer, want).ratio(), 4),
                             "expected": want[:SAMPLE_CHARS], "generated": answer[:SAMPLE_CHARS]})
+            heartbeat.progress()
     done = scored == len(probe.examples) and len(samples) == len(probe.prompts)
     return {
         **_scores(per, samples),
@@ -231,6 +233,7 @@ def example_losses(model: Any, examples: list[tuple[list[int], list[int]]],
         if out_of_time():
             break
         out.append(example_nll(model, ids, mask, device))
+        heartbeat.progress()  # a long probe set is work, not a stall (trainerd.stall)
     return out
 
 
@@ -281,6 +284,7 @@ class ProbeEval(TrainerCallback):
         if not due or not state.is_world_process_zero or self.stop or model is None:
             return  # a stop request checkpoints now; the eval waits for a later attempt
         row: dict[str, Any] = {"attempt": self.attempt, "step": step, "ts": time.time(), "final": final}
+        heartbeat.phase("eval", step)
         try:
             row.update(evaluate(model, self.tokenizer, self.probe, self.cfg.max_new_tokens,
                                 self.cfg.max_seconds, self.stop))
@@ -289,6 +293,7 @@ class ProbeEval(TrainerCallback):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             row.update(loss=None, exact_match=None, similarity=None, error=f"{type(e).__name__}: {e}")
+        heartbeat.phase("training", step)
         with open(self.job_dir / EVALS, "a") as f:
             f.write(json.dumps(row) + "\n")
         if final:
@@ -321,8 +326,10 @@ def callback(layout: Layout, cfg: Config, job_dir: Path, attempt: int, tokenizer
              stop: StopFlag) -> ProbeEval | None:
     """The probe-eval callback for this attempt, or None when there is no probe set."""
     path = layout.base / cfg.eval.probe_file  # an absolute probe_file stays as it is
+    heartbeat.phase("eval")  # reading the probe set is the eval's work (and can block on it)
     probe = load_probe(path, tokenizer, cfg.train.max_seq_len, cfg.eval.generate_examples, cfg.data.map,
                        cfg.eval.group_by)
+    heartbeat.phase("loading")
     if probe is None:
         return None
     log.info("probe set %s: %d examples, %d for generation; eval %s", path, len(probe), len(probe.prompts),

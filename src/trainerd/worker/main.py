@@ -31,6 +31,7 @@ from trainerd.jobs import (
 )
 from trainerd.lock import flock_within
 from trainerd.paths import Layout
+from trainerd.worker import heartbeat
 
 log = logging.getLogger("trainerd.worker")
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
+    heartbeat.start(job_dir)  # before torch is imported: that is part of loading too
     code = _attempt(job_dir, layout, stop)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return code
@@ -143,10 +144,15 @@ def _attempt(job_dir: Path, layout: Layout, stop: StopFlag) -> int:
         if not os.environ.get(GROUP_LOCKED_ENV):  # a torchrun group's launcher holds it
             _lock_job(job_dir)
         from trainerd.worker.data import DataError
+        from trainerd.worker.preflight import ModelUnavailable
         from trainerd.worker.train import DiskLow, NonFiniteLoss, run_job
 
         try:
             return int(run_job(job_dir, layout, stop))
+        except ModelUnavailable as e:  # not the job's fault: the daemon pauses, no attempt burnt
+            log.error("model unavailable: %s", e)
+            _report(job_dir, "model_unavailable", str(e))
+            return int(ExitCode.MODEL_UNAVAILABLE)
         except DataError as e:
             log.warning("data error: %s", e)  # the file's fault, not trainerd's: not an ERROR
             _report(job_dir, "data_error", str(e))

@@ -149,7 +149,11 @@ def torch_dtype(cfg: TrainConfig):
 def load_tokenizer(ref: ModelRef):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(ref.tokenizer_source)
+    return with_pad_token(AutoTokenizer.from_pretrained(ref.tokenizer_source))
+
+
+def with_pad_token(tok: Any) -> Any:
+    """Batches need a pad token; a tokenizer without one pads with its EOS."""
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

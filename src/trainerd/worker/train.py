@@ -21,7 +21,7 @@ from trainerd import __version__, atomic, guards, lifecycle
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.paths import Layout
-from trainerd.worker import checkpoints, models
+from trainerd.worker import checkpoints, heartbeat, models, preflight
 from trainerd.worker.data import JobDataset, data_order, prepare
 
 if TYPE_CHECKING:
@@ -61,7 +61,11 @@ def _callbacks():
             self.max_rss = int(cfg.train.max_host_memory_gb * 1024**3)
             self.disk_low: str | None = None
 
+        def on_train_begin(self, args, state, control, **kw):
+            heartbeat.phase("training", state.global_step)  # checkpoint loaded, first step next
+
         def on_step_end(self, args, state, control, **kw):
+            heartbeat.progress(state.global_step)
             if self.max_rss:
                 import psutil
 
@@ -79,6 +83,7 @@ def _callbacks():
             elif due:
                 control.should_save = True
             if control.should_save:
+                heartbeat.phase("checkpointing", state.global_step)  # one long write: busy, not stuck
                 newest = checkpoints.committed(self.job_dir)
                 r = guards.reading(self.job_dir, self.cfg.disk,
                                    guards.dir_bytes(newest[0]) if newest else 0)
@@ -113,6 +118,7 @@ def _callbacks():
             })
             checkpoints.prune(self.job_dir, self.keep)
             self.progress.checkpoint(dest.name, time.monotonic() - t0, guards.dir_bytes(dest), state)
+            heartbeat.phase("training", state.global_step)
 
     class Progress(TrainerCallback):
         """progress.json (rewritten atomically) and metrics.jsonl, for status and history."""
@@ -381,7 +387,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         return ExitCode.FINISHED
 
     parent = models.current(layout, cfg)
-    tokenizer = models.load_tokenizer(parent)
+    # The daemon's preflight, again here: a model that vanished or a template that raises
+    # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
+    tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
     init_distributed()
     world = _world()[1]
 
@@ -393,7 +401,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                                job_dir / lifecycle.REPLAY_JSONL if replay else None,
                                replay["sha256"] if replay else "", cfg.data.map, meta.original_name)
 
+    heartbeat.phase("tokenizing")
     replay, tok = rank0_first(prepare_data)  # one writer of replay.jsonl and the token cache
+    heartbeat.phase("loading")
     if _stop_before_training(stop, "tokenizing"):
         return ExitCode.STOPPED
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
@@ -462,10 +472,12 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
     if trainer.is_world_process_zero():
+        heartbeat.phase("eval", trainer.state.global_step)  # the gate's scoring is an eval
         # After the last step, before publishing: the candidate's scores and the gate's verdict.
         scored = scorer.after(trainer.model, probe.final_row if probe else None) if scorer else {}
         if line is not None:
             line.scores(trainer.state.global_step, scored)
+        heartbeat.phase("publishing", trainer.state.global_step)
         models.for_saving(trainer.model)
         held = scored.get("gate", {}).get("action") == "held"
         version = models.publish(layout, trainer.model, tokenizer, parent, meta,
