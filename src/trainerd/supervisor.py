@@ -42,7 +42,7 @@ from trainerd.jobs import (
     describe_exit,
     fallback_micro_batch,
 )
-from trainerd.ledger import Ledger
+from trainerd.ledger import Ledger, open_or_rebuild
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue
@@ -208,7 +208,9 @@ class Supervisor:
         try:
             self._install_signals()
             try:
-                self.ledger = Ledger(self.layout.state_db)
+                self.ledger, note = open_or_rebuild(self.layout.state_db, self.layout.jobs)
+                if note:
+                    log.warning("%s", note)
             except Exception as e:
                 log.warning("state.db unavailable (%s); history will not be recorded", e)
             self._started = self._startup()
