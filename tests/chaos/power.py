@@ -52,7 +52,7 @@ MOMENTS: dict[str, tuple[list[str], str, int]] = {
     "checkpoint": (["create", "fsync", "fsyncdir", "rename", "unlink"], r"/checkpoints/(\.staging/checkpoint-|step-)", 80),
     "publish": (["mkdir", "create", "fsync", "fsyncdir", "rename", "symlink"], r"/models/(\.tmp-|\.current-|v\d)", 80),
     "intake": (["rename", "mkdir", "create", "fsync", "fsyncdir"], r"^/base/(inbox/[^.]|jobs/\.incoming/)", 30),
-    "job_rename": (["rename"], r"/jobs/(queued/\w+|active|done|failed)/\d{8}T", 4),
+    "job_rename": (["rename"], r"/jobs/(queued/\w+|active|done|failed)/\d{8}T[^/]*$", 4),
     "ledger": (["write", "fsync"], r"/state\.db(-wal|-journal)?$", 8),
     "rollback": (["symlink", "rename", "fsyncdir"], r"/models/(\.current-|current$)", 4),
     "snapshot": (["mkdir", "create", "fsync", "fsyncdir", "rename"], r"/snapshots/", 60),
@@ -166,10 +166,12 @@ class Round:
         r = self.rng
         mode, seed = r.choice(MODES), r.randrange(2**31)
         versions = sorted(v.name for v in self.layout.models.iterdir() if re.fullmatch(r"v\d+", v.name))
-        if self.pending and (self.idle() or r.random() < 0.25):
+        idle = self.idle()
+        if idle:  # nothing to train: deliver, or work on the line (rollback is refused mid-job)
+            moment = r.choice(["intake"] * 2 * bool(self.pending) + ["snapshot"] * bool(versions)
+                              + ["rollback"] * (len(versions) >= 2) or ["time"])
+        elif self.pending and r.random() < 0.25:
             moment = "intake"
-        elif self.idle() and versions and r.random() < 0.5:
-            moment = r.choice(("rollback", "snapshot")) if len(versions) >= 2 else "snapshot"
         else:
             moment = r.choice(TRAINING)
         self.tally.bump(f"target:{moment}")
@@ -247,10 +249,13 @@ class Round:
             self.retry_add = None
             name = retry[0]
             found = [p.where for p in invariants.where_is(self.layout, self.exp).get(name, [])]
-            if found:
-                self.exp.optional.discard(name)
-            else:
+            if not found:  # never taken: the user adds it again
                 self.pending.insert(0, retry)
+                return
+            self.exp.optional.discard(name)  # it is in the queue now: it must stay there
+            if found[0].startswith(("queued", "active", "done")):
+                self.exp.acked.add(name)
+                self.tally.bump("acked:found-after-cut")
 
     # -------------------------------------------------------------- the round
     def run(self, cuts: int, first: int, ref: Reference, timeout: float) -> int:
