@@ -151,3 +151,25 @@ def test_a_new_base_dir_keeps_a_job_queued_into_it_across_a_power_cut(powerfs, t
     powerfs.remount()
     assert (layout.queued("normal") / ref.id / "data.jsonl").read_bytes() == src.read_bytes()
     assert all(d.is_dir() for d in layout.dirs())
+
+
+def test_a_pruned_checkpoint_is_never_half_deleted_under_its_name_after_any_cut(powerfs, tmp_path):
+    """Regression (the power campaign, issue 20): pruning renamed step-N aside without an
+    fsync, then deleted its files; a disk that wrote back some deletes but not the rename
+    showed step-N with files missing."""
+    from trainerd.worker import checkpoints as ck
+
+    job = powerfs.mount / "job"
+    for step in (10, 20, 30):
+        saved = ck.staging(job) / f"checkpoint-{step}"
+        saved.mkdir(parents=True)
+        for name in ("model.safetensors", "optimizer.pt", "trainer_state.json"):
+            (saved / name).write_bytes(os.urandom(2000))
+        ck.commit(job, saved, {"step": step})
+    powerfs.sync()
+    ck.prune(job, keep=1)
+    for seed in range(12):
+        for mode in MODES:
+            crash = powerfs.crash_state(mode, seed, tmp_path / f"crash-{mode}-{seed}")
+            for step in sorted((crash / "job" / "checkpoints").glob("step-*")):
+                atomic.verify_manifest(step)  # complete or invisible

@@ -116,6 +116,11 @@ class PowerMount:
             raise MountError("cut command accepted but no cut.json written")
         return info
 
+    def crash_state(self, mode: str, seed: int, to: Path) -> Path:
+        """What a cut now would leave, as a folder (the filesystem stays up)."""
+        self.command(cmd="crash", mode=mode, seed=seed, to=str(to))
+        return to
+
     def arm(self, ops: list[str], path: str, after: int, mode: str, seed: int, tag: str) -> None:
         self.command(cmd="arm", ops=ops, path=path, after=after, mode=mode, seed=seed, tag=tag)
 

@@ -9,6 +9,7 @@ MOUNT/.powerfs (not listed):
 
     {"cmd": "sync"}                                    everything durable now
     {"cmd": "cut", "mode": "all|prefix|subset", "seed": 1, "tag": "why"}
+    {"cmd": "crash", "mode": ..., "seed": ..., "to": DIR}  what a cut would leave, into DIR
     {"cmd": "arm", "ops": ["rename", ...], "path": REGEX, "after": N, "mode": ..., "seed": ..., "tag": ...}
     {"cmd": "disarm"}
     {"cmd": "stats"}                                   writes STATE/stats.json
@@ -108,6 +109,9 @@ class PowerFS(fuse.Operations):
             self.model.sync_all()
         elif what == "cut":
             self.cut(cmd.get("mode", "all"), cmd.get("seed", 0), cmd.get("tag", "explicit"))
+        elif what == "crash":  # what a cut would leave, written to `to`; the disk stays up
+            materialize(self.model.crash_state(cmd.get("mode", "all"), random.Random(cmd.get("seed", 0))),
+                        Path(cmd["to"]))
         elif what == "arm":
             self.armed = dict(cmd, re=re.compile(cmd.get("path", "")))
             self.countdown = None

@@ -22,10 +22,12 @@ strictly; docs/RELIABILITY.md, "Power cuts"):
 
 A power cut keeps the durable state and, depending on the mode, some pending work:
 `all` loses every pending operation; `prefix` keeps the first k metadata operations in
-order (a journal cut mid-commit); `subset` keeps any set closed under dependencies, where
-a name in a folder also depends on the folder's creation (a disk never points at an
-inode it has not written). In both of those, each file's pending writes are lost, kept,
-or kept in part (each write on its own: a torn file).
+order (a journal cut mid-commit, as ext4 or XFS would leave); `subset` keeps a random set
+of the pending creates and unlinks, closed under dependencies (where a name in a folder
+also depends on the folder's creation: a disk never points at an inode it has not
+written), but no rename: a rename is not durable before its folder's fsync. In both of
+those, each file's pending writes are lost, kept, or kept in part (each write on its
+own: a torn file).
 """
 
 from __future__ import annotations
@@ -360,6 +362,8 @@ class Model:
             p = rng.choice((0.25, 0.5, 0.75))
             survived: set[int] = set()
             for op in ops:
+                if op.kind == "rename":
+                    continue  # a rename is durable only by its folder's fsync (issue 20)
                 if all(j.seq in survived for j in self._deps(op, strong=True)) and rng.random() < p:
                     survived.add(op.seq)
             kept = [op for op in ops if op.seq in survived]
