@@ -6,6 +6,8 @@ import os
 import signal
 import sqlite3
 
+import pytest
+
 from tests.conftest import cli, daemon_log, start_daemon, wait_for
 from trainerd.config import QueueConfig
 from trainerd.ledger import Ledger, open_or_rebuild
@@ -42,6 +44,7 @@ def test_a_damaged_state_db_is_set_aside_and_rebuilt_from_the_jobs(tmp_path):
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+@pytest.mark.slow
 def test_the_daemon_logs_the_rebuild_and_runs(base, tmp_path):
     layout = Layout.at(base)
     _job(layout, tmp_path)

@@ -79,6 +79,7 @@ class Round:
         self.d: subprocess.Popen | None = None
         self.cli: subprocess.Popen | None = None
         self.day = 0
+        self.line_cuts = 0
         self.restore: str | None = None  # the version to roll forward to after a rollback cut
         self.retry_add: tuple[str, bytes] | None = None  # a `queue add` the cut ended unanswered
 
@@ -174,6 +175,7 @@ class Round:
             moment = "intake"
         else:
             moment = r.choice(TRAINING)
+        self.line_cuts += moment in ("rollback", "snapshot")
         self.tally.bump(f"target:{moment}")
         self.tally.bump(f"mode:{mode}")
         if moment == "time":
@@ -239,11 +241,11 @@ class Round:
     def after_restart(self) -> None:
         """Put back what a user would: a rolled-back line forward again, a `queue add`
         that was cut before it answered and whose file is not in the queue."""
-        restore = self.restore
-        if restore and os.path.lexists(self.layout.models / restore):
-            if os.readlink(self.layout.current_model) != restore:
-                self._run_cli("models", "rollback", restore)
-            self.restore = None
+        restore, self.restore = self.restore, None
+        for _ in range(3):  # the line must end as the uninterrupted run's
+            if not restore or os.readlink(self.layout.current_model) == restore:
+                break
+            self._run_cli("models", "rollback", restore)
         retry = self.retry_add
         if retry is not None:
             self.retry_add = None
@@ -264,7 +266,9 @@ class Round:
         self.start()
         done = 0
         try:
-            while done < cuts and not self.finished():
+            # Once the queue is done, the rest of the budget goes to the line (rollback,
+            # snapshot), twice at most, if no idle moment gave it a turn before.
+            while done < cuts and not (self.finished() and self.line_cuts >= 2):
                 self.cut_once(first + done)
                 done += 1
             while self.deliver_next():
