@@ -354,10 +354,11 @@ class Queue:
         deadline = time.monotonic() + budget_seconds if budget_seconds else None
         taken = Intake()
         said: list[tuple[str, JobRef]] = []
+        retried: list[str] = []
         self._sync = False
         self._barrier = atomic.Barrier()
         try:
-            self._retry_abandoned()
+            retried = self._retry_abandoned()
             for i, (path, folder) in enumerate(self._inbox_entries()):
                 if i and deadline is not None and time.monotonic() > deadline:  # always progress
                     taken.more = True
@@ -376,25 +377,28 @@ class Queue:
             self._sync = True
             barrier, self._barrier = self._barrier, None
             barrier.flush()  # raises if the disk refused: then nothing below is said
+        for note in retried:
+            log.warning("intake retry: %s", note)
         for name, ref in said:
             log.info("%s: %s as %s", name, "queued" if ref.state == JobState.QUEUED else "rejected", ref.id)
         return taken
 
-    def _retry_abandoned(self) -> bool:
+    def _retry_abandoned(self) -> list[str]:
         """Finish intakes an error cut short in this process's lifetime, e.g. a full disk
         while job.json was written: the data is already in jobs/.incoming/<id> and the inbox
         entry is gone, so without this it would wait there for the next daemon start.
+        Returns the notes to log once the slice's barrier made them true.
 
         Only non-empty, unlocked folders: a CLI edit or copy holds the folder's flock from
         before anything is put in it until it is renamed out (see _staging, _restage)."""
         if time.monotonic() < self._retry_at:
-            return False
+            return []
         self._retry_at = time.monotonic() + STAGING_RETRY_SECONDS
         try:
             dirs = sorted(d for d in self.layout.incoming.iterdir() if d.is_dir() and any(d.iterdir()))
         except OSError:
-            return False
-        finished = False
+            return []
+        out: list[str] = []
         for d in dirs:
             try:
                 notes = self._recover_staging(d)
@@ -404,12 +408,9 @@ class Queue:
                     log.warning("%s: intake not finished yet (%s); retrying every %.0fs",
                                 d.name, e.strerror or e, STAGING_RETRY_SECONDS)
                 continue
-            finished = finished or bool(notes)
-            for note in notes:
-                if note not in self._retry_noted:
-                    self._retry_noted.add(note)
-                    log.warning("intake retry: %s", note)
-        return finished
+            out += [n for n in notes if n not in self._retry_noted]
+            self._retry_noted.update(notes)
+        return out
 
     def _told_in_place(self, path: Path, st: os.stat_result) -> bool:
         """Rejected in place already: the user fixes it by replacing the file."""
@@ -590,8 +591,10 @@ class Queue:
                 if (d / ERROR_JSON).is_file():
                     atomic.rename(d, self.layout.failed / job_id)
                     return [f"{job_id}: finished an interrupted rejection"]
-                self._finish_staged(d, job_id, name, prio, folder)
-                return [f"{job_id}: finished an interrupted intake"]
+                ref = self._finish_staged(d, job_id, name, prio, folder)
+                # Said as intake says it: the acknowledgement of a file a cut interrupted.
+                said = "queued" if ref.state == JobState.QUEUED else "rejected"
+                return [f"{name}: {said} as {job_id} (finished an interrupted intake)"]
             if (d / ORIGINAL).exists() or os.path.lexists(d / ORIGINAL):
                 self._complete_rejection_record(d)
                 atomic.rename(d, self.layout.failed / job_id)

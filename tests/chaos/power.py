@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -235,6 +236,7 @@ class Round:
             self.tally.fail(f"cut {n} ({info['tag']}, {info['mode']}, hit {info.get('hit')}) in {self.root}",
                             problems + [invariants.dump(self.base)])
             self.log(f"VIOLATION after cut {n}: {problems}")
+            self._keep(f"cut{n:03d}")
         self.start()
         self.after_restart()
 
@@ -266,15 +268,19 @@ class Round:
         self.start()
         done = 0
         try:
-            # Once the queue is done, the rest of the budget goes to the line (rollback,
-            # snapshot), twice at most, if no idle moment gave it a turn before.
-            while done < cuts and not (self.finished() and self.line_cuts >= 2):
+            # Two cuts are kept for the line (rollback, snapshot: only while idle), unless an
+            # idle moment gave it its turns already; they come once the queue is done.
+            reserve = 2 if cuts >= 4 else 0
+            while done < cuts - max(0, reserve - self.line_cuts) and not self.finished():
                 self.cut_once(first + done)
                 done += 1
             while self.deliver_next():
                 pass
-            wait_for(lambda: all_done(self.base, self.sc.files), timeout=timeout,
-                     what=f"all {self.sc.files} jobs done in {self.base}\n{self._tail()}")
+            self._drain(timeout)
+            while done < cuts:
+                self.cut_once(first + done)
+                done += 1
+            self._drain(timeout)
             rc = stop_daemon(self.d, self.base)
             if rc != 0:
                 self.tally.fail(f"round {self.root}", [f"daemon exit {rc} on SIGTERM"])
@@ -285,6 +291,10 @@ class Round:
             self.fs.stop()
         return done
 
+    def _drain(self, timeout: float) -> None:
+        wait_for(lambda: all_done(self.base, self.sc.files) and self.idle(), timeout=timeout,
+                 what=f"all {self.sc.files} jobs done in {self.base}\n{self._tail()}")
+
     def finish(self, ref: Reference) -> None:
         problems = invariants.check(self.base, self.exp, final=True) + check_against_reference(self.base, ref)
         problems += [f"{n} never acknowledged" for n in sorted(set(self.exp.files) - self.exp.acked)]
@@ -292,6 +302,12 @@ class Round:
         self.tally.bump("jobs_done", len(list(self.layout.done.iterdir())))
         if problems:
             self.tally.fail(f"end of round {self.root}", problems + [invariants.dump(self.base)])
+            self.log(f"VIOLATION at the end of the round: {problems}")
+            self._keep("end")
+
+    def _keep(self, what: str) -> None:
+        """A copy of the base dir off the filesystem (which is remounted or unmounted next)."""
+        shutil.copytree(self.base, self.root / f"kept-{what}", symlinks=True, dirs_exist_ok=True)
 
     def _tail(self, n: int = 40) -> str:
         try:

@@ -173,3 +173,17 @@ def test_a_pruned_checkpoint_is_never_half_deleted_under_its_name_after_any_cut(
             crash = powerfs.crash_state(mode, seed, tmp_path / f"crash-{mode}-{seed}")
             for step in sorted((crash / "job" / "checkpoints").glob("step-*")):
                 atomic.verify_manifest(step)  # complete or invisible
+
+
+def test_an_intake_a_cut_interrupted_is_acknowledged_when_recovery_finishes_it(tmp_path):
+    """Found by the power campaign (seed 20261201, round 2): recovery finished an intake a
+    cut had interrupted but said only "finished an interrupted intake", never that the
+    file was queued, so its delivery was never acknowledged."""
+    layout = Layout.at(tmp_path / "base")
+    layout.ensure()
+    stage = layout.incoming / "20261201T090127-385674-chaos4"
+    stage.mkdir()
+    (stage / "data.jsonl").write_bytes(b'{"text": "x"}\n')  # renamed out of the inbox, then the cut
+    notes = Queue(layout, QueueConfig(settle_seconds=0)).recover()
+    assert notes == [f"chaos4.jsonl: queued as {stage.name} (finished an interrupted intake)"]
+    assert (layout.queued("normal") / stage.name / "job.json").is_file()
