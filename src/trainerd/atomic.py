@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +116,7 @@ class Barrier:
     def folder(self, path: Path) -> None:
         self._dirs[str(path)] = None
 
-    def __len__(self) -> int:
-        return len(self._files) + len(self._dirs)
-
     def flush(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         files, dirs = list(self._files), list(self._dirs)
         self._files, self._dirs = {}, {}
         if not files and not dirs:
