@@ -85,7 +85,7 @@ class Round:
         self.retry_add: tuple[str, bytes] | None = None  # a `queue add` the cut ended unanswered
 
     # -------------------------------------------------------------- deliveries
-    def deliver_next(self, arm=None) -> bool:
+    def deliver_next(self, arm=None, inbox_only: bool = False) -> bool:
         """The next file, durably (written, fsynced, renamed in, folder fsynced: a careful
         sender), to the inbox; one in three through `queue add` instead. `arm` is called
         once the sender is done (inbox), or before the `queue add` runs (its work is part
@@ -93,7 +93,11 @@ class Round:
         if not self.pending:
             return False
         name, data = self.pending.pop(0)
-        if self.rng.random() < 1 / 3:
+        if not inbox_only and self.rng.random() < 1 / 3:
+            # Files queue in the order they arrive: an inbox file arrives when the daemon
+            # takes it, so the next file is added only after that (the line's order must
+            # be the uninterrupted run's).
+            wait_for(lambda: not self._in_inbox(), timeout=300, what=f"the inbox taken in\n{self._tail()}")
             if arm:
                 arm()
             self._queue_add(name, data)
@@ -115,6 +119,9 @@ class Round:
         if arm:
             arm()
         return True
+
+    def _in_inbox(self) -> bool:
+        return any(not n.startswith(".") for n in os.listdir(self.layout.inbox))
 
     def _queue_add(self, name: str, data: bytes) -> None:
         src = self.root / "outside" / name  # the user's copy, never on the cut filesystem
@@ -263,8 +270,8 @@ class Round:
 
     # -------------------------------------------------------------- the round
     def run(self, cuts: int, first: int, ref: Reference, timeout: float) -> int:
-        self.deliver_next()
-        self.deliver_next()
+        self.deliver_next(inbox_only=True)  # taken in, oldest first, when the daemon starts
+        self.deliver_next(inbox_only=True)
         self.start()
         done = 0
         try:
