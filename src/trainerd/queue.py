@@ -600,8 +600,11 @@ class Queue:
                 atomic.rename(d, self.layout.failed / job_id)
                 return [f"{job_id}: finished an interrupted rejection"]
             leftovers = [p.name for p in d.iterdir()]
-            if all(n.startswith(".") and n.endswith(NOT_DELIVERED_SUFFIXES) for n in leftovers):
+            if all(_not_delivered(n) for n in leftovers):
                 # An interrupted copy by `queue add`: the user's original was never touched.
+                # Or an intake's temp job.json alone: a disk that kept the folder and that
+                # file but not the data's rename (it needs the folder's fsync) left the data
+                # in the inbox, to be taken in again (the power campaign, issue 20).
                 shutil.rmtree(d)
                 return [f"{job_id}: removed an interrupted copy ({', '.join(leftovers) or 'empty'}); "
                         "the source file was not modified"]
@@ -707,6 +710,12 @@ class Queue:
 
 
 RUN_FILES = (ERROR_JSON, PROGRESS_JSON, METRICS, WORKER_LOG, WORKER_ERROR)
+
+
+def _not_delivered(name: str) -> bool:
+    """A name in a staging folder that holds no user data: a copy not yet complete, or
+    one of atomic's temp files."""
+    return name.startswith(".") and (name.endswith(NOT_DELIVERED_SUFFIXES) or name.startswith(atomic.TMP_PREFIX))
 
 
 def _archive_run(job_dir: Path) -> None:

@@ -107,10 +107,11 @@ def check_accounting(layout: Layout, exp: Expected, final: bool = False) -> list
     for place in places(layout, exp):
         if place.name is None or place.name not in exp.files:
             # A staging folder is empty for an instant (the lock placeholder of a CLI edit),
-            # or holds only a not-yet-delivered copy of an unanswered `queue add`, which
-            # recovery removes (the user's file was never touched).
+            # or holds only a not-yet-delivered copy of an unanswered `queue add` or an
+            # intake's temp job.json, which recovery removes (the user's file is untouched).
             if place.where == "staging" and all(
-                    n.startswith(".") and n.endswith((".part", ".tmp")) for n in os.listdir(place.path)):
+                    n.startswith(".") and (n.endswith((".part", ".tmp")) or n.startswith(atomic.TMP_PREFIX))
+                    for n in os.listdir(place.path)):
                 continue
             out.append(f"unexpected {place.where} entry {place.path.name} (not a file we delivered)")
             continue

@@ -187,3 +187,16 @@ def test_an_intake_a_cut_interrupted_is_acknowledged_when_recovery_finishes_it(t
     notes = Queue(layout, QueueConfig(settle_seconds=0)).recover()
     assert notes == [f"chaos4.jsonl: queued as {stage.name} (finished an interrupted intake)"]
     assert (layout.queued("normal") / stage.name / "job.json").is_file()
+
+
+def test_a_staging_folder_left_with_only_a_temp_job_json_is_cleared_at_recovery(tmp_path):
+    """Found by the power campaign (seed 20261203, cut 11, subset): the disk kept an
+    intake's staging folder and its temp job.json but not the data's rename; recovery left
+    the folder "for inspection" for good (the data, still in the inbox, was taken in again)."""
+    layout = Layout.at(tmp_path / "base")
+    layout.ensure()
+    stage = layout.incoming / "20261201T095200-639372-chaos4"
+    stage.mkdir()
+    (stage / ".tmp-job.json.p9bg326t").write_bytes(b"")
+    notes = Queue(layout, QueueConfig(settle_seconds=0)).recover()
+    assert not stage.exists() and "removed an interrupted copy" in notes[0]
