@@ -1,33 +1,17 @@
 """The in-memory model behind powerfs: what a disk with a volatile cache has made durable.
 
-Two states are kept side by side:
-
-- the *live* tree (what processes see): nodes with names, modes and times; file bytes
-  live in the backing store, one file per node (`store/<id>`), so a node keeps its
-  identity across renames and while it is open but unlinked;
-- the *durable* state (what a power cut leaves): per node, its kind, mode, mtime, the
-  bytes of a file and the entries of a folder, as of the last fsync that covered them.
-
-Between the two, a log of pending metadata operations (create, unlink, rename) and,
-per file, a log of pending data operations (writes, truncates). The rules (POSIX, read
-strictly; docs/RELIABILITY.md, "Power cuts"):
-
-- fsync(file) makes that file's bytes, mode and mtime durable; not its name;
-- fsync(folder) makes every pending operation that changed that folder's entries
-  durable, and with each the earlier pending operations it depends on: those on the same
-  node or the same name (a rename moves a name that an earlier create made), and, for
-  removing a folder, those that emptied it. A rename is one operation: once durable, the
-  name moved on both sides (as every journaling filesystem commits it);
-- nothing else is durable. A node never fsynced whose name is durable is an empty file.
-
-A power cut keeps the durable state and, depending on the mode, some pending work:
-`all` loses every pending operation; `prefix` keeps the first k metadata operations in
-order (a journal cut mid-commit, as ext4 or XFS would leave); `subset` keeps a random set
-of the pending creates and unlinks, closed under dependencies (where a name in a folder
-also depends on the folder's creation: a disk never points at an inode it has not
-written), but no rename: a rename is not durable before its folder's fsync. In both of
-those, each file's pending writes are lost, kept, or kept in part (each write on its
-own: a torn file).
+The *live* tree is what processes see (file bytes in the store, one file per node, so a
+node keeps its identity across renames and while open but unlinked); the *durable*
+state is what a power cut leaves (per node: kind, mode, mtime, a file's bytes, a folder's
+entries). Between them, a log of pending metadata operations (create, unlink, rename)
+and, per file, of pending writes and truncates. fsync(file) makes its bytes durable, not
+its name; fsync(folder) makes the pending operations on its entries durable, with the
+earlier ones each depends on (same node or name; for removing a folder, what emptied
+it); a rename is one operation. Cut modes: `all` (every pending thing lost), `prefix`
+(the first k metadata operations, in order), `subset` (random creates and unlinks closed
+under dependencies, a name also needing its folder's creation; no rename without its
+folder's fsync); in the last two each pending write is lost, kept or torn. The rules in
+full: docs/RELIABILITY.md, "Power cuts".
 """
 
 from __future__ import annotations
