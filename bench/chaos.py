@@ -8,6 +8,7 @@ the same code (tests/chaos/*.py) and check the same invariants (tests/chaos/inva
     .venv/bin/python bench/chaos.py --campaign disk --n 12           # full-disk events
     .venv/bin/python bench/chaos.py --campaign security
     .venv/bin/python bench/chaos.py --campaign soak --n 200 --minutes 15
+    .venv/bin/python bench/chaos.py --campaign power --n 100     # power cuts (FUSE; root)
 
 Every run prints its seed; `--seed S` replays it. The summary (counts, timings,
 violations) is printed as JSON and written to --out. Exit status 1 if any invariant broke.
@@ -26,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the campaigns live beside the tests that run them in CI
 
-from tests.chaos import concurrency, disk, fuzz, kills, security, signals, soak  # noqa: E402
+from tests.chaos import concurrency, disk, fuzz, kills, power, security, signals, soak  # noqa: E402
 from tests.chaos.harness import Scenario, reference_run  # noqa: E402
 
-CAMPAIGNS = ("kill", "fuzz", "concurrency", "signals", "disk", "security", "soak")
+CAMPAIGNS = ("kill", "fuzz", "concurrency", "signals", "disk", "security", "soak", "power")
 
 
 def log(msg: str) -> None:
@@ -46,6 +47,11 @@ def tiny_model(work: Path) -> Path:
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     sc = Scenario(files=args.files, rows=args.rows)
+    if args.campaign == "power":
+        from tests.chaos.powerfs import unavailable
+
+        if why := unavailable():
+            raise SystemExit(f"power campaign cannot run here: {why}")
     model = tiny_model(work)
     if args.campaign == "security":
         return security.campaign(model, work, seed=args.seed, log=log).summary()
@@ -62,6 +68,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     if args.campaign == "kill":
         return kills.campaign(model, work, ref, n=args.n, per_round=args.per_round, seed=args.seed, sc=sc,
                               log=log).summary()
+    if args.campaign == "power":
+        return power.campaign(model, work, ref, n=args.n, per_round=args.per_round, seed=args.seed, sc=sc,
+                              log=log).summary()
     if args.campaign == "signals":
         return signals.campaign(model, work, ref, points=args.n, seed=args.seed, sc=sc, log=log).summary()
     return disk.campaign(model, work, ref, events=args.n, rounds=args.rounds, seed=args.seed, sc=sc,
@@ -71,11 +80,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--campaign", choices=CAMPAIGNS, required=True)
-    ap.add_argument("--n", type=int, default=20, help="kills / bad files / rounds / points / events / files")
+    ap.add_argument("--n", type=int, default=20, help="kills / bad files / rounds / points / events / files / cuts")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--files", type=int, default=5, help="queue length of kill/signals/disk")
     ap.add_argument("--rows", type=int, default=24, help="examples per file of kill/signals/disk")
-    ap.add_argument("--per-round", type=int, default=20, help="kills per queue (kill)")
+    ap.add_argument("--per-round", type=int, default=20, help="kills or cuts per queue (kill, power)")
     ap.add_argument("--rounds", type=int, default=1, help="filesystems (disk)")
     ap.add_argument("--good", type=int, default=5, help="good files among the fuzzed ones")
     ap.add_argument("--seconds", type=float, default=30, help="racing time per round (concurrency)")

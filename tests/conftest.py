@@ -138,8 +138,9 @@ def wait_for(pred, timeout: float = 120, interval: float = 0.1, what: str = "con
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def start_daemon(base: Path, *args: str) -> subprocess.Popen:
-    with open(base / "daemon.out", "ab") as log:  # the child keeps its own copy of the fd
+def start_daemon(base: Path, *args: str, out: Path | None = None) -> subprocess.Popen:
+    """`trainerd run` with its output appended to `out` (default BASE/daemon.out)."""
+    with open(out or base / "daemon.out", "ab") as log:  # the child keeps its own copy of the fd
         return subprocess.Popen([*trainerd_cmd(), "run", "--base-dir", str(base), *args],
                                 stdout=log, stderr=subprocess.STDOUT)
 

@@ -8,6 +8,7 @@ broken database is logged by the caller and training goes on.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -77,10 +78,35 @@ class Ledger:
             self._db.execute("ALTER TABLE metrics ADD COLUMN grad_norm REAL")
 
     def event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
+        self._insert(time.time(), kind, job_id, data)
+
+    def _insert(self, ts: float, kind: str, job_id: str | None, data: dict[str, Any]) -> None:
         self._db.execute(
             "INSERT INTO events (ts, job_id, kind, data) VALUES (?, ?, ?, ?)",
-            (time.time(), job_id, kind, json.dumps(data, default=str)),
+            (ts, job_id, kind, json.dumps(data, default=str)),
         )
+
+    def rebuild(self, jobs: Path) -> int:
+        """Events again from every job.json under `jobs` (the truth): submitted, each
+        attempt's start and end, the state it is in now. Metrics and evals are not in
+        job.json and stay lost. Returns the number of jobs."""
+        n = 0
+        dirs = [d for pattern in ("queued/*/*", "active/*", "done/*", "failed/*") for d in Path(jobs).glob(pattern)]
+        for job_dir in sorted(dirs, key=lambda d: d.name):
+            try:
+                meta = json.loads((job_dir / "job.json").read_bytes())
+            except (OSError, ValueError):
+                continue
+            state, job, n = job_dir.parent.name, meta.get("id", job_dir.name), n + 1
+            rows = [(meta.get("submitted_at", 0.0), "submitted", {"name": meta.get("original_name")})]
+            for a in meta.get("attempts", []):
+                rows.append((a.get("started_at", 0.0), "attempt_start", {"number": a.get("number")}))
+                if a.get("ended_at"):
+                    rows.append((a["ended_at"], "attempt_end", {"outcome": a.get("outcome"), "error": a.get("error")}))
+            rows.append((max(r[0] for r in rows), "rebuilt", {"state": state}))
+            for ts, kind, data in rows:
+                self._insert(ts, kind, job, data)
+        return n
 
     def metrics(self, job_id: str, attempt: int, rows: list[dict[str, Any]]) -> None:
         self._db.executemany(
@@ -123,6 +149,32 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+
+def open_or_rebuild(path: Path, jobs: Path) -> tuple[Ledger, str | None]:
+    """The daemon's state.db, checked (SQLite's quick_check). One that does not open or
+    fails the check (a disk that lost what SQLite had synced, a half-copied file) is set
+    aside as state.db.corrupt-<time> with its -wal and -shm, and a new one is rebuilt
+    from jobs/: it is history, not truth. Returns the ledger and, if it was rebuilt, a
+    note for the log."""
+    path = Path(path)
+    try:
+        led = Ledger(path)
+        why = led._db.execute("PRAGMA quick_check").fetchone()[0]
+        if why == "ok":
+            return led, None
+        led.close()
+    except sqlite3.DatabaseError as e:
+        why = str(e)
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            os.replace(src, f"{aside}{suffix}")
+    led = Ledger(path)
+    n = led.rebuild(jobs)
+    return led, (f"{path}: unusable ({why}); set aside as {aside.name} and rebuilt from {jobs} "
+                 f"({n} jobs; their step metrics and evals are not in job.json and are gone)")
 
 
 def open_ro(path: Path) -> sqlite3.Connection | None:

@@ -105,5 +105,14 @@ class Layout:
         ]
 
     def ensure(self) -> None:
+        """Make the folders that are missing, durably: a folder whose own name is not
+        durable loses everything later renamed into it (fsynced there) at a power cut."""
+        from trainerd.atomic import fsync_dir
+
         for d in self.dirs():
+            missing = [p for p in (d, *d.parents) if not p.exists()][::-1]
+            if not missing:
+                continue
             d.mkdir(parents=True, exist_ok=True)
+            for p in missing:
+                fsync_dir(p.parent)

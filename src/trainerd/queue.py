@@ -134,10 +134,12 @@ class Queue:
         self._on_event = on_event
         self._last_id_us = 0
         self._rejected_in_place: set[tuple[str, int, int]] = set()
-        # Intake writes without per-file fsyncs and syncs the filesystem once per slice:
-        # every intermediate state is recoverable (see recover), so a crash before the
-        # sync loses nothing, and 10,000 files are taken in seconds, not a minute.
+        # Intake writes without per-file fsyncs and makes them all at the end of the slice
+        # (one Barrier): every intermediate state is recoverable (see recover), so a crash
+        # before it loses nothing, and 10,000 files are taken in seconds, not a minute.
+        # "queued" is said only after the barrier: then it is true after a power cut.
         self._sync = True
+        self._barrier: atomic.Barrier | None = None
         self._retry_at = 0.0  # monotonic time of the next look for abandoned intakes
         self._retry_noted: set[str] = set()
         self.settler = Settler()  # what this process has seen of each inbox entry
@@ -264,6 +266,8 @@ class Queue:
                 os.rename(part, stage / DATA)
             if self._sync:
                 atomic.fsync_dir(stage)
+            elif self._barrier is not None:
+                self._barrier.folder(src.parent)  # the name left the inbox
             return self._finish_staged(stage, job_id, name, priority, source_folder)
 
     def _finish_staged(
@@ -278,6 +282,7 @@ class Queue:
         if report.ok:
             dest = self.layout.queued(priority.value) / job_id
             atomic.rename(stage, dest, sync=self._sync)
+            self._to_barrier(dest)
             self._event("queued", job_id, name=name, priority=priority.value, examples=report.examples)
             return JobRef(job_id, JobState.QUEUED, dest, priority)
         atomic.write_json(stage / ERROR_JSON, {
@@ -289,8 +294,20 @@ class Queue:
         }, sync=self._sync)
         dest = self.layout.failed / job_id
         atomic.rename(stage, dest, sync=self._sync)
+        self._to_barrier(dest)
         self._event("rejected", job_id, name=name, reason=report.reason())
         return JobRef(job_id, JobState.FAILED, dest)
+
+    def _to_barrier(self, job: Path) -> None:
+        """An unsynced intake of `job` (now in its state folder): what its slice's barrier
+        must make durable. Its staging folder's removal from jobs/.incoming too."""
+        if self._barrier is None or self._sync:
+            return
+        for n in (DATA, JOB_JSON, ERROR_JSON):
+            if (job / n).is_file() and not (job / n).is_symlink():
+                self._barrier.file(job / n)
+        for d in (job, job.parent, self.layout.incoming):
+            self._barrier.folder(d)
 
     def _reject_entry(self, path: Path, reason: str, source_folder: str | None) -> JobRef | None:
         """Move a bad inbox entry (not followed, not read) into failed/ with the reason."""
@@ -304,6 +321,9 @@ class Queue:
                     "reason": f"{printable(path.name)}: {reason}", "stage": "intake", "at": time.time(),
                 }, sync=self._sync)
                 atomic.rename(stage, self.layout.failed / job_id, sync=self._sync)
+                if self._barrier is not None and not self._sync:
+                    self._barrier.folder(path.parent)
+                self._to_barrier(self.layout.failed / job_id)
         except OSError as e:
             with contextlib.suppress(OSError):
                 (self.layout.incoming / job_id).rmdir()
@@ -345,8 +365,10 @@ class Queue:
         runs out of file descriptors, stops and says so in `blocked` (nothing is rejected)."""
         deadline = time.monotonic() + budget_seconds if budget_seconds else None
         taken = Intake()
+        said: list[tuple[str, JobRef]] = []
+        retried: list[str] = []
         self._sync = False
-        retried = False
+        self._barrier = atomic.Barrier()
         try:
             retried = self._retry_abandoned()
             entries = self._scan()
@@ -366,6 +388,7 @@ class Queue:
                     continue
                 if ref is not None:
                     taken.append(ref)
+                    said.append((printable(str(entry.path.relative_to(self.layout.inbox))), ref))
             self.blocked = None
         except OSError as e:
             if e.errno not in FD_EXHAUSTED:
@@ -374,9 +397,20 @@ class Queue:
             taken.more = False  # retried at the next tick, after the descriptors are back
         finally:
             self._sync = True
-            if taken or retried:
-                with contextlib.suppress(OSError):  # EMFILE too: the next slice syncs again
-                    atomic.syncfs(self.layout.base)
+            barrier, self._barrier = self._barrier, None
+            try:
+                barrier.flush()  # raises if the disk refused: then nothing below is said
+            except OSError as e:
+                if e.errno not in FD_EXHAUSTED:
+                    raise
+                os.sync()  # no descriptor needed; then say it (fsyncs of FUSE/NFS need descriptors)
+                self._fd_exhausted(e)
+        for note in retried:
+            log.warning("intake retry: %s", note)
+        for name, ref in said:
+            # A rejected file is a data error: WARNING (someone should fix the file), never ERROR.
+            log.log(logging.INFO if ref.state == JobState.QUEUED else logging.WARNING, "%s: %s as %s",
+                    name, "queued" if ref.state == JobState.QUEUED else "rejected", ref.id)
         return taken
 
     def _fd_exhausted(self, e: OSError) -> None:
@@ -389,21 +423,22 @@ class Queue:
             log.error("%s", why)
         self.blocked = why
 
-    def _retry_abandoned(self) -> bool:
+    def _retry_abandoned(self) -> list[str]:
         """Finish intakes an error cut short in this process's lifetime, e.g. a full disk
         while job.json was written: the data is already in jobs/.incoming/<id> and the inbox
         entry is gone, so without this it would wait there for the next daemon start.
+        Returns the notes to log once the slice's barrier made them true.
 
         Only non-empty, unlocked folders: a CLI edit or copy holds the folder's flock from
         before anything is put in it until it is renamed out (see _staging, _restage)."""
         if time.monotonic() < self._retry_at:
-            return False
+            return []
         self._retry_at = time.monotonic() + STAGING_RETRY_SECONDS
         try:
             dirs = sorted(d for d in self.layout.incoming.iterdir() if d.is_dir() and any(d.iterdir()))
         except OSError:
-            return False
-        finished = False
+            return []
+        out: list[str] = []
         for d in dirs:
             try:
                 notes = self._recover_staging(d)
@@ -413,12 +448,9 @@ class Queue:
                     log.warning("%s: intake not finished yet (%s); retrying every %.0fs",
                                 d.name, e.strerror or e, STAGING_RETRY_SECONDS)
                 continue
-            finished = finished or bool(notes)
-            for note in notes:
-                if note not in self._retry_noted:
-                    self._retry_noted.add(note)
-                    log.warning("intake retry: %s", note)
-        return finished
+            out += [n for n in notes if n not in self._retry_noted]
+            self._retry_noted.update(notes)
+        return out
 
     def _told_in_place(self, path: Path, st: os.stat_result) -> bool:
         """Rejected in place already: the user fixes it by replacing the file."""
@@ -494,11 +526,7 @@ class Queue:
         # preserve (a file from 1970 must not jump the queue). Scan order is oldest first.
         ref = self.submit(path, entry.priority, move=True, original_name=path.name, source_folder=folder)
         self.settler.forget(path)
-        # A rejected file is a data error: WARNING (someone should fix the file), never ERROR.
-        log.log(logging.INFO if ref.state == JobState.QUEUED else logging.WARNING, "%s: %s as %s",
-                printable(str(path.relative_to(self.layout.inbox))),
-                "queued" if ref.state == JobState.QUEUED else "rejected", ref.id)
-        return ref
+        return ref  # said (logged) by ingest once its barrier made it durable
 
     # ----------------------------------------------------------------- daemon transitions
     def claim(self, now: float | None = None) -> JobRef | None:
@@ -644,15 +672,20 @@ class Queue:
                 if (d / ERROR_JSON).is_file():
                     atomic.rename(d, self.layout.failed / job_id)
                     return [f"{job_id}: finished an interrupted rejection"]
-                self._finish_staged(d, job_id, name, prio, folder)
-                return [f"{job_id}: finished an interrupted intake"]
+                ref = self._finish_staged(d, job_id, name, prio, folder)
+                # Said as intake says it: the acknowledgement of a file a cut interrupted.
+                said = "queued" if ref.state == JobState.QUEUED else "rejected"
+                return [f"{name}: {said} as {job_id} (finished an interrupted intake)"]
             if (d / ORIGINAL).exists() or os.path.lexists(d / ORIGINAL):
                 self._complete_rejection_record(d)
                 atomic.rename(d, self.layout.failed / job_id)
                 return [f"{job_id}: finished an interrupted rejection"]
             leftovers = [p.name for p in d.iterdir()]
-            if all(n.startswith(".") and n.endswith(NOT_DELIVERED_SUFFIXES) for n in leftovers):
+            if all(_not_delivered(n) for n in leftovers):
                 # An interrupted copy by `queue add`: the user's original was never touched.
+                # Or an intake's temp job.json alone: a disk that kept the folder and that
+                # file but not the data's rename (it needs the folder's fsync) left the data
+                # in the inbox, to be taken in again (the power campaign, issue 20).
                 shutil.rmtree(d)
                 return [f"{job_id}: removed an interrupted copy ({', '.join(leftovers) or 'empty'}); "
                         "the source file was not modified"]
@@ -758,6 +791,12 @@ class Queue:
 
 
 RUN_FILES = (ERROR_JSON, PROGRESS_JSON, METRICS, WORKER_LOG, WORKER_ERROR)
+
+
+def _not_delivered(name: str) -> bool:
+    """A name in a staging folder that holds no user data: a copy not yet complete, or
+    one of atomic's temp files."""
+    return name.startswith(".") and (name.endswith(NOT_DELIVERED_SUFFIXES) or name.startswith(atomic.TMP_PREFIX))
 
 
 def _archive_run(job_dir: Path) -> None:

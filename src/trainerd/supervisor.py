@@ -45,7 +45,7 @@ from trainerd.jobs import (
     fallback_micro_batch,
     token_counts,
 )
-from trainerd.ledger import Ledger
+from trainerd.ledger import Ledger, open_or_rebuild
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
 from trainerd.publish import Publisher
@@ -235,7 +235,9 @@ class Supervisor:
                 log.info("stopped during the start-up check of base_model")
                 return 0
             try:
-                self.ledger = Ledger(self.layout.state_db)
+                self.ledger, note = open_or_rebuild(self.layout.state_db, self.layout.jobs)
+                if note:
+                    log.warning("%s", note)
             except Exception as e:
                 log.warning("state.db unavailable (%s); history will not be recorded", e)
             self._started = self._startup()

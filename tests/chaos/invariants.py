@@ -41,6 +41,8 @@ class Expected:
     must_fail: set[str] = field(default_factory=set)  # bad files: rejected, nowhere else
     may_fail: set[str] = field(default_factory=set)  # in failed/ is fine too (bad, or skipped)
     removed: set[str] = field(default_factory=set)  # names the user removed on purpose
+    optional: set[str] = field(default_factory=set)  # not yet acknowledged `queue add`: may be nowhere
+    acked: set[str] = field(default_factory=set)  # said "queued": never back in the inbox or staging
 
     def add(self, name: str, data: bytes, bad: bool = False) -> None:
         if name in self.files:
@@ -104,8 +106,12 @@ def check_accounting(layout: Layout, exp: Expected, final: bool = False) -> list
     seen: dict[str, list[Place]] = {}
     for place in places(layout, exp):
         if place.name is None or place.name not in exp.files:
-            # A staging folder is empty for an instant (the lock placeholder of a CLI edit).
-            if place.where == "staging" and not any(place.path.iterdir()):
+            # A staging folder is empty for an instant (the lock placeholder of a CLI edit),
+            # or holds only a not-yet-delivered copy of an unanswered `queue add` or an
+            # intake's temp job.json, which recovery removes (the user's file is untouched).
+            if place.where == "staging" and all(
+                    n.startswith(".") and (n.endswith((".part", ".tmp")) or n.startswith(atomic.TMP_PREFIX))
+                    for n in os.listdir(place.path)):
                 continue
             out.append(f"unexpected {place.where} entry {place.path.name} (not a file we delivered)")
             continue
@@ -123,7 +129,10 @@ def check_accounting(layout: Layout, exp: Expected, final: bool = False) -> list
                 out.append(f"{name} was removed by the user but is still in {[p.where for p in got]}")
             continue
         if not got:
-            out.append(f"{name} is lost: in no folder at all")
+            if name not in exp.optional:
+                out.append(f"{name} is lost: in no folder at all")
+        elif name in exp.acked and got[0].where in ("inbox", "staging"):
+            out.append(f"{name} was acknowledged as queued but is back in {got[0].where}")
         elif len(got) > 1:
             out.append(f"{name} is duplicated: in {[f'{p.where}/{p.path.name}' for p in got]}")
         elif final and got[0].where in ("inbox", "staging"):

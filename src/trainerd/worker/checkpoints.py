@@ -62,7 +62,10 @@ def _remove(path: Path) -> None:
     with files missing, which a resume sets aside as corrupt and keeps forever)."""
     doomed = path.with_name(f"{atomic.TMP_PREFIX}deleting-{path.name}-{time.time_ns()}")
     try:
-        atomic.rename(path, doomed, sync=False)
+        # Durable before the first delete: nothing else orders them, and a disk that wrote
+        # back some deletes but not the rename showed step-N half-deleted after a power
+        # cut (the power campaign, issue 20).
+        atomic.rename(path, doomed)
     except FileNotFoundError:
         return
     shutil.rmtree(doomed, ignore_errors=True)
