@@ -47,8 +47,8 @@ def where(layout: Layout, job_id: str) -> str | None:
         return None
 
 
-def test_every_control_goes_through_the_daemon(tmp_path, browser):  # noqa: F811
-    base = make_base(tmp_path / "base", "unused-model", "[server]\nport = 0\n")
+def test_every_control_goes_through_the_daemon(tmp_path, browser, tiny_model):  # noqa: F811
+    base = make_base(tmp_path / "base", tiny_model, "[server]\nport = 0\n")  # preflight needs a model
     layout = Layout.at(base)
     ledger = Ledger(layout.state_db)
     q = Queue(layout, QueueConfig(), on_event=ledger.event)

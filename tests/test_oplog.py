@@ -69,8 +69,8 @@ def test_unknown_log_format_is_refused(tmp_path):
     assert p.returncode == 2 and "--log-format must be one of text, json, not 'xml'" in p.stderr
 
 
-def test_sighup_reopens_the_log_after_logrotate_moved_it(tmp_path):
-    base = make_base(tmp_path / "base", "unused-model")
+def test_sighup_reopens_the_log_after_logrotate_moved_it(tmp_path, tiny_model):
+    base = make_base(tmp_path / "base", tiny_model)  # a daemon starts only on a model that loads
     log = Layout.at(base).logs / oplog.LOG_FILE
     with daemon(base) as d:
         wait_for(lambda: log.exists() and "trainerd running" in log.read_text(), timeout=60, what="daemon log")
