@@ -25,6 +25,9 @@ from trainerd.paths import Layout
 RECALL_DIR = "recall"
 
 
+METRIC_VERSIONS = 50  # versions /metrics looks at per scrape
+
+
 def recall_path(layout: Layout, job_id: str) -> Path:
     return layout.models / RECALL_DIR / f"{job_id}.jsonl"
 
@@ -93,16 +96,21 @@ def _own_job(man: dict[str, Any]) -> str | None:
     return jobs[-1].get("id") if jobs else None
 
 
-def matrix(layout: Layout) -> dict[str, Any]:
-    """R[version][job] for every scored version, oldest first, with each version's own job,
-    its loss before training ("before"), its gain, and its backward transfer."""
+def matrix(layout: Layout, manifests: list[tuple[str, dict[str, Any]]] | None = None,
+           last: int | None = None) -> dict[str, Any]:
+    """R[version][job] for the scored versions, oldest first, with each version's own job,
+    its loss before training ("before"), its gain, and its backward transfer. Of the given
+    (name, manifest) pairs (a page the caller already read), else of the newest `last`
+    versions (all when None): a request reads a page of manifests, not the whole line."""
     from trainerd import gate
 
     rows: list[dict[str, Any]] = []
     jobs: list[str] = []
     names: dict[str, str] = {}
-    for name in _versions(layout):
-        man = _man(layout, name)
+    if manifests is None:
+        listed = _versions(layout)
+        manifests = [(n, _man(layout, n) or {}) for n in (listed[-last:] if last else listed)]
+    for name, man in manifests:
         if not man or "scores" not in man:
             continue
         own = _own_job(man)
@@ -129,13 +137,14 @@ def line_metrics(layout: Layout) -> Any:
     from trainerd import gate
 
     flag = gate.current_flag(layout)
-    m = matrix(layout)
+    m = matrix(layout, last=METRIC_VERSIONS)  # a scrape reads a window, not the whole line
     flagged = GaugeMetricFamily("trainerd_gate_flagged", "1 when the current version was flagged by the eval "
                                 "gate (warn) or is a held version made current by hand", labels=["version", "state"])
     if flag:
         flagged.add_metric([flag["version"], flag["state"]], 1.0)
     yield flagged
-    yield GaugeMetricFamily("trainerd_gate_held_versions", "Versions the eval gate holds outside the line",
+    yield GaugeMetricFamily("trainerd_gate_held_versions", "Versions the eval gate holds outside the line "
+                            f"(among the newest {METRIC_VERSIONS})",
                             value=float(sum(1 for r in m["versions"] if r["gate"] == "held")))
     bwt = GaugeMetricFamily("trainerd_backward_transfer", "Mean change in loss on earlier jobs' recall samples "
                             "caused by each version (parent's loss - version's; negative: forgetting), "

@@ -18,7 +18,6 @@ The decision is stored in the version's manifest (`gate`), so there is one recor
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from typing import Any, Literal
@@ -145,18 +144,20 @@ def state(layout: Layout, name: str | None, man: dict[str, Any] | None) -> str:
     return ""
 
 
-def current_flag(layout: Layout) -> dict[str, Any] | None:
+def current_flag(layout: Layout, name: str | None = None, man: dict[str, Any] | None = None
+                 ) -> dict[str, Any] | None:
     """The gate record of the current version when it is flagged or overridden (for
-    status, the dashboard and /metrics), else None."""
-    with contextlib.suppress(OSError):
-        name = os.readlink(layout.current_model)
+    status, the dashboard and /metrics), else None. `name` and `man`: the current version
+    and its manifest, when the caller has read them already."""
+    if name is None or man is None:
         try:
+            name = os.readlink(layout.current_model)
             man = atomic.read_json(layout.models / name / atomic.MANIFEST)
         except (OSError, ValueError):
             return None
-        s = state(layout, name, man)
-        if s:
-            return {"version": name, "state": s, "verdict": (of_manifest(man) or {}).get("verdict")}
+    s = state(layout, name, man)
+    if s:
+        return {"version": name, "state": s, "verdict": (of_manifest(man) or {}).get("verdict")}
     return None
 
 

@@ -560,8 +560,10 @@ class App:
             limit = max(1, min(int(query.get("limit", "50")), 5000))
         except ValueError:
             raise HttpError(400, "limit must be an integer") from None
-        return {"current": status.current_model(self.layout), "versions": status.model_versions(self.layout, limit),
-                "matrix": forgetting.matrix(self.layout), "gate_overrides": gate.overrides(self.layout)}
+        versions = status.model_versions(self.layout, limit)
+        return {"current": status.current_model(self.layout), "versions": versions,  # the matrix of this page
+                "matrix": forgetting.matrix(self.layout, [(v["version"], v) for v in versions]),
+                "gate_overrides": gate.overrides(self.layout)}
 
     # ----------------------------------------------------------------- writes
     def control(self, action: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def current_model(layout: Layout) -> dict[str, Any]:
     from trainerd import gate
 
     return {"version": name, "kind": man.get("kind"), "parent": man.get("parent"),
-            "jobs": [j.get("id") for j in man.get("jobs", [])], "gate": gate.current_flag(layout)}
+            "jobs": [j.get("id") for j in man.get("jobs", [])], "gate": gate.current_flag(layout, name, man)}
 
 
 def job_summary(ref: JobRef) -> dict[str, Any]:
