@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,14 +31,20 @@ from trainerd.server import read_token
 pytestmark = pytest.mark.slow
 
 
-def version(layout: Layout, name: str, parent: str) -> None:
+def version(layout: Layout, name: str, parent: str, base: str) -> None:
     d = layout.models / name
     d.mkdir(parents=True)
     f = d / "adapter_model.safetensors"
     f.write_bytes(name.encode() * 16)
+    # What preflight looks for in a current adapter version: its config and the tokenizer.
+    (d / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    for t in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (Path(base) / t).exists():
+            shutil.copy(Path(base) / t, d / t)
+    files = [p for p in d.iterdir() if p.is_file()]
     atomic.write_json(d / atomic.MANIFEST, {
-        "version": name, "kind": "adapter", "parent": parent, "base": "unused-model", "created_at": 1.0e9,
-        "jobs": [], "files": {f.name: {"size": f.stat().st_size, "sha256": atomic.sha256_file(f)}}})
+        "version": name, "kind": "adapter", "parent": parent, "base": base, "created_at": 1.0e9, "jobs": [],
+        "files": {p.name: {"size": p.stat().st_size, "sha256": atomic.sha256_file(p)} for p in files}})
 
 
 def where(layout: Layout, job_id: str) -> str | None:
@@ -66,8 +73,8 @@ def test_every_control_goes_through_the_daemon(tmp_path, browser, tiny_model):  
     crashed = q.submit(write_jsonl(tmp_path / "crashed.jsonl", chat_rows(3)), Priority.HIGH)
     crashed = q.fail(q.claim() or crashed, "gave up after 3 failed attempt(s)", stage="training")
     ledger.close()
-    version(layout, "v0001", "base")
-    version(layout, "v0002", "v0001")
+    version(layout, "v0001", "base", str(tiny_model))
+    version(layout, "v0002", "v0001", str(tiny_model))
     os.symlink("v0002", layout.current_model)
     control.set_wish(layout, control.Desired.PAUSED, "test")
     upload = write_jsonl(tmp_path / "up" / "uploaded.jsonl", chat_rows(4))
