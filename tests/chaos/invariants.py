@@ -10,7 +10,8 @@ empty list means the base dir is consistent:
   a failed job has an error.json with a reason; no job dir holds something we never sent;
 - checkpoints: every visible checkpoints/step-* of an unfinished job verifies its
   manifest (complete or invisible, DESIGN.md principle 4);
-- the model line (current -> parent -> ... -> base): every version verifies, and no job
+- the model line (current -> parent -> ... -> base): every version verifies, none is one the
+  eval gate holds (unless an override made it current), and no job
   appears in two versions of the line (each example trained once, at job granularity).
 
 It never imports torch; `same_weights` (the allclose check) does, lazily.
@@ -212,6 +213,12 @@ def check_line(layout: Layout) -> list[str]:
         for j in man.get("jobs", []):
             counts.setdefault(j.get("id"), []).append(name)
     out += [f"job {job} is trained twice into the line: in {vs}" for job, vs in counts.items() if len(vs) > 1]
+    # A version the eval gate held stays outside the line unless someone made it current.
+    from trainerd import gate
+
+    made_current = gate.overrides(layout)
+    out += [f"version {name} is in the line but the eval gate holds it (no override recorded)"
+            for name, man in line if gate.is_held(man) and name not in made_current]
     return out
 
 
