@@ -265,3 +265,21 @@ def log_tail(base: Path, n: int = 40) -> str:
 __all__ = ["Scenario", "Reference", "Tally", "deliver", "reference_run", "check_against_reference",
            "workers", "dead", "frozen", "stop_daemon", "kill_tree", "all_done", "phase", "rng_for",
            "start_daemon", "wait_for", "quiet", "log_tail"]
+
+
+def in_rounds(round_cls: Any, model: Path, root: Path, ref: Reference, *, n: int, per_round: int,
+              seed: int | None, sc: Scenario | None, log: Log, timeout: float, what: str) -> tuple[Tally, int]:
+    """A campaign's loop (kills, power cuts): `n` events in rounds of at most `per_round`,
+    each round a fresh base dir under `root`; (tally, events done)."""
+    sc = sc or Scenario()
+    rng, seed = rng_for(seed, log)
+    tally = Tally()
+    tally.counts["seed"] = seed
+    total, rnd = 0, 0
+    t0 = time.monotonic()
+    while total < n:
+        rnd += 1
+        r = round_cls(sc, model, root / f"round{rnd:03d}", rng, tally, log)
+        total += r.run(min(per_round, n - total), total + 1, ref, timeout)
+        log(f"round {rnd}: {total}/{n} {what}, {len(tally.violations)} violations, {time.monotonic() - t0:.0f}s")
+    return tally, total

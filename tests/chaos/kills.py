@@ -27,11 +27,11 @@ from tests.chaos.harness import (
     dead,
     deliver,
     frozen,
+    in_rounds,
     kill_tree,
     log_tail,
     phase,
     quiet,
-    rng_for,
     start_daemon,
     stop_daemon,
     wait_for,
@@ -192,17 +192,7 @@ def campaign(model: Path, root: Path, ref: Reference, *, n: int, per_round: int 
              seed: int | None = None, sc: Scenario | None = None, log: Log = quiet,
              timeout: float = 600) -> Tally:
     """`n` kills in rounds of at most `per_round`; returns the tally (violations must be [])."""
-    sc = sc or Scenario()
-    rng, seed = rng_for(seed, log)
-    tally = Tally()
-    tally.counts["seed"] = seed
-    total, rnd = 0, 0
-    t0 = time.monotonic()
-    while total < n:
-        rnd += 1
-        r = Round(sc, model, root / f"round{rnd:03d}", rng, tally, log)
-        total += r.run(min(per_round, n - total), total + 1, ref, timeout)
-        log(f"round {rnd}: {total}/{n} kills, {len(tally.violations)} violations, "
-            f"{time.monotonic() - t0:.0f}s")
+    tally, total = in_rounds(Round, model, root, ref, n=n, per_round=per_round, seed=seed, sc=sc, log=log,
+                             timeout=timeout, what="kills")
     tally.counts["kills"] = total
     return tally

@@ -38,14 +38,15 @@ from tests.chaos.harness import (
     Tally,
     all_done,
     check_against_reference,
+    in_rounds,
     quiet,
-    rng_for,
     stop_daemon,
     up,
     wait_for,
 )
 from tests.chaos.powerfs import PowerMount
 from tests.conftest import start_daemon, trainerd_cmd
+from trainerd import atomic
 from trainerd.paths import Layout
 
 # moment -> (request kinds, path pattern (relative to the mount), most requests after the match)
@@ -115,7 +116,7 @@ class Round:
         if name not in self.exp.files:
             self.exp.add(name, data)
         os.rename(tmp, inbox / name)
-        _fsync_dir(inbox)
+        atomic.fsync_dir(inbox)
         if arm:
             arm()
         return True
@@ -349,31 +350,15 @@ def _poll(fn, timeout: float, interval: float = 0.02):
     return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def campaign(model: Path, root: Path, ref: Reference, *, n: int, per_round: int = 20,
              seed: int | None = None, sc: Scenario | None = None, log: Log = quiet,
              timeout: float = 900) -> Tally:
     """`n` power cuts in rounds of at most `per_round`; the tally's violations must be []."""
-    sc = sc or Scenario()
-    rng, seed = rng_for(seed, log)
-    tally = Tally()
-    tally.counts["seed"] = seed
-    total, rnd = 0, 0
-    t0 = time.monotonic()
-    while total < n:
-        rnd += 1
-        r = Round(sc, model, root / f"round{rnd:03d}", rng, tally, log)
-        total += r.run(min(per_round, n - total), total + 1, ref, timeout)
-        log(f"round {rnd}: {total}/{n} cuts, {len(tally.violations)} violations, {time.monotonic() - t0:.0f}s")
+    tally, total = in_rounds(Round, model, root, ref, n=n, per_round=per_round, seed=seed, sc=sc, log=log,
+                             timeout=timeout, what="cuts")
     tally.counts["cuts"] = total
-    log(f"power: {total} cuts, {len(tally.violations)} violations (seed {seed})")
-    print(f"power: {total} cuts, {len(tally.violations)} violations (seed {seed})", flush=True)
+    line = f"power: {total} cuts, {len(tally.violations)} violations (seed {tally.counts['seed']})"
+    log(line)
+    print(line, flush=True)
     json.dumps(tally.summary())  # the summary must serialise (bench/chaos.py prints it)
     return tally
