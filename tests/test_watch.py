@@ -81,6 +81,22 @@ def test_one_frame_shows_daemon_progress_eta_loss_queue_and_probe(training):
     assert "● paused" in frame(layout) and "step 10/40 · paused" in frame(layout)
 
 
+def test_every_daemon_state_is_drawn_in_its_own_colour_and_an_unknown_one_as_written(training):
+    """The states come from trainerd.state: "error" and "consolidating" were once missing
+    from two UI lists and drawn as if unknown."""
+    from trainerd.state import DaemonState
+    from trainerd.watch import STATE_STYLE
+
+    assert set(STATE_STYLE) == set(DaemonState)
+    layout, _ = training
+    for state in DaemonState:
+        atomic.write_json(layout.status, {"heartbeat_at": time.time(), "state": state.value, "desired": "running"})
+        assert f"● {state.value}" in frame(layout)
+    atomic.write_json(layout.status, {"heartbeat_at": time.time(), "state": "warming_up", "desired": "running"})
+    text = frame(layout)
+    assert "● warming_up" in text and "step 10/40 · warming_up" in text
+
+
 def test_a_frame_without_daemon_or_jobs(tmp_path):
     layout = Layout.at(make_base(tmp_path / "base", "unused-model"))
     text = frame(layout)
