@@ -203,20 +203,6 @@ def test_the_daemons_death_counts_but_earns_no_back_off():
     assert QueueConfig().backoff_after(meta.own_failures) == 30  # not the 600 s of a third failure
 
 
-def test_recovery_quarantines_a_job_whose_attempts_all_took_the_daemon_down(q):
-    write_jsonl(q.layout.inbox / "bomb.jsonl", chat_rows(2))
-    q.ingest()
-    q.cfg.max_attempts = 2
-    for _ in (1, 2):  # each attempt dies with the daemon (kill -9, OOM killer, power cut)
-        ref = q.claim()
-        q.record_attempt_start(ref, 123, Priority.NORMAL)
-        notes = q.recover()
-    [ref] = q.list()
-    assert ref.state == JobState.FAILED and "no attempts left" in " ".join(notes)
-    assert [a.outcome for a in ref.meta().attempts] == [Outcome.INTERRUPTED, Outcome.INTERRUPTED]
-    assert "daemon's own death" in reason(ref)
-
-
 def test_oom_fallback_keeps_the_effective_batch_exact():
     from trainerd.jobs import fallback_micro_batch
 
@@ -310,8 +296,8 @@ def test_recover_marks_interrupted_attempts(q):
     [a] = _queue_n(q, Priority.NORMAL, 1, "x")
     ref = q.claim()
     q.record_attempt_start(ref, 999999, Priority.NORMAL)
-    notes = q.recover()
-    assert any("interrupted" in n for n in notes)
+    closed, notes = q.close_interrupted()
+    assert [r.id for r, _meta in closed] == [ref.id] and notes == []
     att = ref.meta().attempts[-1]
     assert att.outcome == Outcome.INTERRUPTED and att.ended_at and att.outcome.counts_as_attempt
 

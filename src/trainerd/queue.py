@@ -601,8 +601,9 @@ class Queue:
         return meta
 
     def recover(self) -> list[str]:
-        """At start-up: finish or undo half-done intakes, and account for attempts that
-        were running when the daemon died. Returns what it did, for the log."""
+        """At start-up: finish or undo half-done intakes and rebuild lost job.json files.
+        Returns what it did, for the log. Attempts the daemon's death cut short are
+        close_interrupted()'s."""
         notes: list[str] = []
         for d in sorted(self.layout.incoming.glob("*")):
             notes += self._recover_staging(d)
@@ -611,6 +612,14 @@ class Queue:
                 ref.meta()
             except (OSError, ValueError):
                 notes.append(self._rebuild_meta(ref))
+        return notes
+
+    def close_interrupted(self) -> tuple[list[tuple[JobRef, JobMeta]], list[str]]:
+        """At start-up, after recover(): the attempts that were running when the daemon died
+        get their end (INTERRUPTED). Returns those jobs, for the attempt policy to decide
+        on (trainerd.attempts), and notes on the jobs it could not read."""
+        closed: list[tuple[JobRef, JobMeta]] = []
+        notes: list[str] = []
         for ref in self.list(JobState.ACTIVE):
             try:
                 meta = ref.meta()
@@ -623,19 +632,8 @@ class Queue:
                 a.error = "the daemon stopped while this attempt ran (crash, kill -9 or power loss)"
                 meta.save(ref.path)
                 self._event("attempt_end", ref.id, outcome=a.outcome.value, error=a.error)
-                if meta.failed_attempts >= self.cfg.max_attempts:
-                    # Counted like any failure, so a job that takes the machine down with it
-                    # (OOM killer, kernel panic) is quarantined instead of retried forever.
-                    self.fail(ref, f"gave up after {meta.failed_attempts} failed attempt(s) (queue.max_attempts "
-                              f"= {self.cfg.max_attempts}); the last was cut short by the daemon's own death. "
-                              "If this job is what brings the machine down, fix its data or the model "
-                              "settings, then `trainerd queue requeue`", stage="training",
-                              attempts=len(meta.attempts))
-                    notes.append(f"{ref.id}: attempt {a.number} was interrupted; no attempts left, failed")
-                    continue
-                notes.append(f"{ref.id}: attempt {a.number} was interrupted; it will be resumed first "
-                             "(no back-off: the daemon's death is not the job's doing)")
-        return notes
+                closed.append((ref, meta))
+        return closed, notes
 
     def _rebuild_meta(self, ref: JobRef) -> str:
         """job.json lost (a crash before intake's filesystem sync): rebuild it from the data,

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from trainerd import atomic, control, guards, oplog, preflight, wishes
+from trainerd import atomic, attempts, control, guards, oplog, preflight, wishes
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.gpugate import TrainingHold
@@ -42,7 +42,6 @@ from trainerd.jobs import (
     Priority,
     child_env,
     describe_exit,
-    fallback_micro_batch,
     token_counts,
 )
 from trainerd.ledger import Ledger, open_or_rebuild
@@ -53,6 +52,7 @@ from trainerd.queue import JobRef, Queue
 from trainerd.schedule import CONSOLIDATE, Housekeeping
 from trainerd.server import HEARTBEAT_INTERVAL_S
 from trainerd.stall import StallWatch
+from trainerd.state import DaemonState
 from trainerd.systemd import Notifier
 from trainerd.tokstage import TokenStage
 
@@ -63,7 +63,6 @@ LOG_TAIL_BYTES = 4000
 # (config, base_model), 3 already running, 4 --once found the daemon paused (scripts tell
 # "paused" from "done").
 EXIT_PAUSED = 4
-PAUSED_STATES = ("paused", "paused_disk", "paused_model")
 
 
 def log_tail(path: Path, nbytes: int = LOG_TAIL_BYTES) -> str:
@@ -151,14 +150,14 @@ class Supervisor:
         self.started_at = time.time()
         self.loop_errors = 0
         self.last_error: str | None = None
-        self.state = "starting"
+        self.state = DaemonState.STARTING
         self.disk_pause: str | None = None  # the daemon paused itself: why
         self.disk_retry_at = 0.0
         self.disk: guards.DiskReading | None = None
         self.model = preflight.ModelGuard(layout, cfg)  # pauses when base_model disappears
         self.exit_code = 0
         self._last_status = 0.0
-        self._last_written: tuple[str, bool] | None = None  # a state change is written at once
+        self._last_written: tuple[DaemonState, bool] | None = None  # a state change is written at once
         self._observer: Any = None
         self.notify = Notifier()
         self.house = Housekeeping.from_config(layout, cfg)  # snapshots, retention, consolidation
@@ -260,7 +259,7 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     self._observer.stop()
                     self._observer.join(timeout=2)
-            self.state = "stopped"
+            self.state = DaemonState.STOPPED
             with contextlib.suppress(Exception):
                 self._write_status(force=True)
             self._event("daemon_stop")
@@ -297,17 +296,31 @@ class Supervisor:
                 log.info("starting paused (%s); `trainerd resume` to train", wish.reason or "paused by user")
             for note in self.queue.recover():
                 log.warning("recovery: %s", note)
+            self._recover_interrupted()
             return True
         except OSError as e:
             log.error("start-up not finished (%s); retrying, nothing is claimed until it is", e.strerror or e)
             return False
+
+    def _recover_interrupted(self) -> None:
+        """The attempts that ran when the daemon died: ended, counted, and decided on."""
+        closed, notes = self.queue.close_interrupted()
+        for note in notes:
+            log.warning("recovery: %s", note)
+        for ref, meta in closed:
+            a = meta.attempts[-1]
+            action = attempts.decide(Outcome.INTERRUPTED, a.error, meta, self.cfg)
+            self._carry_out(ref, meta, action)
+            log.warning("recovery: %s: attempt %d was interrupted; %s", ref.id, a.number,
+                        "no attempts left, failed" if action.do == attempts.Do.FAIL else
+                        "it will be resumed first (no back-off: the daemon's death is not the job's doing)")
 
     def _finish_startup(self) -> None:
         """A tick while start-up is unfinished: say why (a low disk pauses), try again."""
         self._check_disk()
         self._started = self._startup()
         if not self._started:
-            self.state = "paused_disk" if self.disk_pause else "starting"
+            self.state = DaemonState.PAUSED_DISK if self.disk_pause else DaemonState.STARTING
             with contextlib.suppress(OSError):  # the same full disk may refuse this too
                 self._write_status()
 
@@ -325,7 +338,7 @@ class Supervisor:
                 self.last_error = traceback.format_exc()
                 log.error("main loop error (%d in a row):\n%s", self.loop_errors, self.last_error)
                 self._event("loop_error", error=self.last_error[-2000:])
-                self.state = "error"
+                self.state = DaemonState.ERROR
                 try:  # say so in status.json (the tick that failed did not get to write it)
                     self._write_status(force=True)
                 except Exception as e:
@@ -383,9 +396,9 @@ class Supervisor:
                 log.info("stopping: %s", "signal" if warm else (wish.reason or "stop requested"))
                 return True
             if wish.state == Desired.PAUSED:
-                self.state = "paused"
+                self.state = DaemonState.PAUSED
             elif self.disk_pause:
-                self.state = "paused_disk"
+                self.state = DaemonState.PAUSED_DISK
             else:
                 if housework != CONSOLIDATE:
                     self.stage.stop()  # the GPU is free: the next job's worker goes first
@@ -393,15 +406,15 @@ class Supervisor:
                 if ref is not None and not self.model.ready():
                     # base_model went away: the job waits in active/ and no attempt is burnt on it.
                     self.gpu.release()
-                    self.state = "paused_model"
+                    self.state = DaemonState.PAUSED_MODEL
                 elif ref is not None:
                     self._spawn(ref)
                 elif self.once and self._idle() and housework is None:
                     log.info("queue empty; exiting (--once)")
                     return True
                 else:
-                    self.state = "consolidating" if housework == CONSOLIDATE else "idle"
-            if self.once and self.state in PAUSED_STATES and self.queue.pending_inbox() == 0:
+                    self.state = DaemonState.CONSOLIDATING if housework == CONSOLIDATE else DaemonState.IDLE
+            if self.once and self.state.paused and self.queue.pending_inbox() == 0:
                 # Waiting for a resume would never end for a script: say so and exit non-zero.
                 log.warning("paused (%s); exiting with status %d (--once)", self._pause_reason(), EXIT_PAUSED)
                 self.exit_code = EXIT_PAUSED
@@ -483,7 +496,7 @@ class Supervisor:
         # on beside the next attempt of the same job.
         self.running = Running(ref, proc, attempt, group=group,
                                watch=StallWatch(ref.path, self.cfg.daemon.stall_seconds))
-        self.state = "training"
+        self.state = DaemonState.TRAINING
         meta.attempts[-1].pid = proc.pid
         try:
             meta.save(ref.path)
@@ -547,26 +560,12 @@ class Supervisor:
 
     def _attempt_ended(self, r: Running, rc: int) -> None:
         said = r.exit_code(rc)
-        outcome = Outcome.from_exit(said)
-        error = None
-        if r.stall and outcome not in (Outcome.FINISHED, Outcome.MODEL_UNAVAILABLE):
-            # Counted whatever the worker did when asked to stop: a stopped checkpoint only
-            # means the hang ended by itself; the next attempt resumes from the newest one.
-            outcome, error = Outcome.STALLED, f"{r.stall}; then {describe_exit(said)}"
-        elif r.stop_reason == "cold stop" and outcome != Outcome.FINISHED:
-            outcome, error = Outcome.STOPPED, "cold stop: worker killed without a checkpoint"
-        elif r.stop_reason and (rc == -signal.SIGTERM or (r.group and said == rc and rc != 0)):
-            # Our stop request landed before the worker had installed its handler (it was
-            # still starting): nothing was trained since the last checkpoint; not a crash.
-            outcome, error = Outcome.STOPPED, "stopped while the worker was starting"
-        elif outcome not in (Outcome.FINISHED, Outcome.STOPPED):
-            error = worker_failure_reason(r.ref.path, said)
-        if outcome != Outcome.FINISHED and self._published(r.ref):
-            # The worker published, then died on its way out (a stop or skip signal landing
-            # during its exit, a kill): the job is in the model line, so it is done. Failing
-            # it (a skip) would leave trained data in failed/, and a requeue would train it twice.
+        outcome, error = attempts.classify(attempts.Ended(
+            said=said, rc=rc, group=r.group, stall=r.stall, stop_reason=r.stop_reason,
+            published=Outcome.from_exit(said) != Outcome.FINISHED and self._published(r.ref),
+            worker_reason=worker_failure_reason(r.ref.path, said)))
+        if outcome == Outcome.FINISHED and Outcome.from_exit(said) != Outcome.FINISHED:
             log.warning("%s: worker exit %s came after it published; the job is done", r.ref.id, said, extra=r.log_ctx)
-            outcome, error = Outcome.FINISHED, f"published, then {describe_exit(said)}"
         meta = self.queue.record_attempt_end(r.ref, outcome, said, error)
         # Only now is the end on disk. Had the write failed (a full disk), the next tick sees
         # the same exit status and records it then: an attempt is never left open.
@@ -575,56 +574,38 @@ class Supervisor:
         self._absorb_progress(r, meta)
         log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said),
                  extra=r.log_ctx)
+        action = attempts.decide(outcome, error, meta, self.cfg, skipped=r.skip is not None,
+                                 skip_reason=r.skip.reason if r.skip else None)
+        self._carry_out(r.ref, meta, action, r.log_ctx)
 
-        if outcome == Outcome.FINISHED:
-            if r.skip is not None:
-                control.clear_skip(self.layout)  # it finished first; the skip has no target left
-            self._record_gate(r.ref, meta)
-            self._record_publish(r, meta)
-            self.queue.finish(r.ref)
-            return
-        if r.skip is not None:
+    def _carry_out(self, ref: JobRef, meta: JobMeta, action: attempts.Action,
+                   ctx: dict[str, int] | None = None) -> None:
+        """Do what the attempt policy (trainerd.attempts) decided."""
+        if action.clear_skip:
             control.clear_skip(self.layout)
-            meta.history.append({"at": time.time(), "event": "skipped", "reason": r.skip.reason})
-            meta.save(r.ref.path)
-            self.queue.fail(r.ref, "skipped by user" + (f": {r.skip.reason}" if r.skip.reason else ""),
-                            stage="skip", resumable=True)
-            return
-        if outcome == Outcome.STOPPED:
-            return  # stays in active/ with its checkpoint; resumed first next time
-        if outcome == Outcome.DISK_LOW:
-            self._pause_for_disk(error or "disk full")
-            return  # stays in active/; resumes from its last checkpoint when space returns
-        if outcome == Outcome.MODEL_UNAVAILABLE:
-            self.model.set_pause(error or "the model cannot be loaded")
-            return  # stays in active/; resumes when the model is back (checked every 30 s, SIGHUP)
-        if outcome == Outcome.RESOURCE_ERROR:
-            self._oom_fallback(r.ref, meta, error)
-            return
-        if outcome == Outcome.NONFINITE:
-            meta.nonfinite_events += 1
-            meta.save(r.ref.path)
-            if meta.nonfinite_events >= 2:
-                self.queue.fail(r.ref, f"training diverged twice on the same data: {error}", stage="training")
-            else:
-                log.warning("%s: %s; retrying once from the last good checkpoint", r.ref.id, error, extra=r.log_ctx)
-            return
-        if outcome == Outcome.DATA_ERROR:
-            # The file's fault, not the daemon's: a WARNING someone should read, not an ERROR.
-            log.warning("%s: data error, sent to failed/: %s", r.ref.id, error, extra=r.log_ctx)
-            self.queue.fail(r.ref, error or "data error", stage="training", attempts=len(meta.attempts))
-            return
-        failed = meta.failed_attempts
-        if failed >= self.cfg.queue.max_attempts:
-            self.queue.fail(r.ref, f"gave up after {failed} failed attempt(s); last: {error}",
-                            stage="training", attempts=len(meta.attempts))
-        else:
-            delay = self.cfg.queue.backoff_after(meta.own_failures)  # a daemon death earns none
-            log.warning("%s: attempt failed (%s); retry %d/%d in %.0fs", r.ref.id, error,
-                        failed, self.cfg.queue.max_attempts - 1, delay, extra=r.log_ctx)
-            self.queue.release(r.ref, meta, time.time() + delay)
+        if action.changes or action.note:
+            for k, v in action.changes.items():
+                setattr(meta, k, v)
+            if action.note:
+                meta.history.append({"at": time.time(), **action.note})
+            meta.save(ref.path)
+        if action.warning:
+            log.warning("%s: %s", ref.id, action.warning, extra=ctx)
+        if action.do == attempts.Do.DONE:
+            self._record_gate(ref, meta)
+            self._record_publish(ref, meta, ctx)
+            self.queue.finish(ref)
+        elif action.do == attempts.Do.FAIL:
+            self.queue.fail(ref, action.reason or "failed", stage=action.stage, **action.detail)
+        elif action.do == attempts.Do.REQUEUE:
+            self.queue.release(ref, meta, time.time() + action.delay)
+        elif action.do == attempts.Do.PAUSE_DISK:
+            self._pause_for_disk(action.reason or "disk full")
+        elif action.do == attempts.Do.PAUSE_MODEL:
+            self.model.set_pause(action.reason or "the model cannot be loaded")
+        # Do.STAY: nothing to move; the job is claimed first and resumes from its checkpoint
 
-    def _record_publish(self, r: Running, meta: JobMeta) -> None:
+    def _record_publish(self, ref: JobRef, meta: JobMeta, ctx: dict[str, int] | None) -> None:
         """The publish line in the log and the ledger's `trained` event: what the /metrics
         counters and the duration histogram sum, kept after the job is removed."""
         from trainerd.history import TRAINED_EVENT, trained_event
@@ -635,9 +616,10 @@ class Supervisor:
         except Exception:  # a broken current version: the line says "?"
             version = None
         facts = trained_event(meta, version)
-        self._event(TRAINED_EVENT, r.ref.id, **facts)
-        line = oplog.publish_line(r.ref.id, meta.original_name, facts, oplog.final_probe(r.ref.path, r.attempt))
-        log.info("%s", line, extra={"job_id": r.ref.id, "attempt": r.attempt, "version": version})
+        self._event(TRAINED_EVENT, ref.id, **facts)
+        attempt = (ctx or {}).get("attempt", len(meta.attempts))
+        line = oplog.publish_line(ref.id, meta.original_name, facts, oplog.final_probe(ref.path, attempt))
+        log.info("%s", line, extra={"job_id": ref.id, "attempt": attempt, "version": version})
 
     def _record_gate(self, ref: JobRef, meta: JobMeta) -> None:
         """The version the job published and the eval gate's decision, into job.json and
@@ -654,22 +636,6 @@ class Supervisor:
             log.log(logging.WARNING if meta.gate.get("action") != "current" else logging.INFO,
                     "%s: %s %s", ref.id, found[0], meta.gate.get("verdict"))
             self._event("gate", ref.id, version=found[0], **meta.gate)
-
-    def _oom_fallback(self, ref: JobRef, meta: JobMeta, error: str | None) -> None:
-        """Out of memory: same effective batch in smaller micro-batches, from the last
-        checkpoint; give up with a clear reason once the micro-batch is 1."""
-        t = self.cfg.train
-        current = meta.micro_batch_size or t.micro_batch_size
-        nxt = fallback_micro_batch(t.micro_batch_size * t.grad_accum, current)
-        if nxt is None:
-            self.queue.fail(ref, f"out of memory even at micro-batch 1: {error}. Lower train.max_seq_len, "
-                            "use LoRA instead of full fine-tuning, or a machine with more memory",
-                            stage="training")
-            return
-        meta.micro_batch_size = nxt
-        meta.history.append({"at": time.time(), "event": "oom_fallback", "micro_batch_size": nxt})
-        meta.save(ref.path)
-        log.warning("%s: out of memory at micro-batch %d; retrying at %d (%s)", ref.id, current, nxt, error)
 
     def _check_disk(self) -> None:
         ckpt = 0
@@ -744,7 +710,7 @@ class Supervisor:
     # ------------------------------------------------------------ status
     def _one_line(self) -> str:
         job = f" {self.running.ref.id}" if self.running else ""
-        return f"{self.state}{job}; {self.queue.counts()['queued']} queued"
+        return f"{self.state.value}{job}; {self.queue.counts()['queued']} queued"
 
     def _write_status(self, force: bool = False) -> None:
         now = time.time()
@@ -758,7 +724,7 @@ class Supervisor:
             "started_at": self.started_at,
             "heartbeat_at": now,
             "heartbeat_seconds": self.cfg.daemon.heartbeat_seconds,
-            "state": self.state,
+            "state": self.state.value,
             "desired": wish.state.value,
             "desired_reason": wish.reason,
             "queue": self.queue.counts(),
