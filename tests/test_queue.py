@@ -10,7 +10,7 @@ from trainerd.config import QueueConfig
 from trainerd.inbox import Settler
 from trainerd.jobs import ERROR_JSON, JobMeta, JobState, Outcome, Priority
 from trainerd.paths import Layout
-from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError
+from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError, save_meta
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_backoff_does_not_block_other_jobs(q):
     meta = q.record_attempt_start(ref, 123, Priority.HIGH)
     meta = q.record_attempt_end(ref, Outcome.CRASHED, 1, "boom")
     assert meta.failed_attempts == 1
-    q.release(ref, meta, not_before=time.time() + 60)
+    q.release(ref, not_before=time.time() + 60)
     assert q.claim().id == b.id  # a waits for its back-off
     q.finish(q.list(JobState.ACTIVE)[0])
     assert q.claim() is None
@@ -174,8 +174,8 @@ def test_backoff_does_not_block_other_jobs(q):
 def test_released_job_returns_to_the_priority_it_was_claimed_from(q):
     [a] = _queue_n(q, Priority.LOW, 1, "x")
     ref = q.claim()
-    meta = q.record_attempt_start(ref, 1, Priority.LOW)
-    back = q.release(ref, meta)
+    q.record_attempt_start(ref, 1, Priority.LOW)
+    back = q.release(ref)
     assert back.priority == Priority.LOW
 
 
@@ -310,8 +310,9 @@ def test_recover_finishes_or_undoes_each_crash_point_of_intake(q):
     # 2. crashed after job.json, before the rename into queued/
     (inc / "20260101T000000-000002-b").mkdir()
     write_jsonl(inc / "20260101T000000-000002-b" / "data.jsonl", chat_rows(3))
-    JobMeta(id="20260101T000000-000002-b", original_name="b.jsonl", sha256="x", size=1, examples=3,
-            priority=Priority.HIGH).save(inc / "20260101T000000-000002-b")
+    save_meta(inc / "20260101T000000-000002-b", JobMeta(
+        id="20260101T000000-000002-b", original_name="b.jsonl", sha256="x", size=1, examples=3,
+        priority=Priority.HIGH))
     # 3. a `queue add` copy cut short: the user's original was never touched
     (inc / "20260101T000000-000003-c").mkdir()
     (inc / "20260101T000000-000003-c" / ".data.jsonl.part").write_text("{partial")

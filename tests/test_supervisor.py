@@ -285,19 +285,19 @@ def test_an_attempt_end_the_disk_could_not_record_is_recorded_at_the_next_tick(t
 def test_a_spawned_worker_is_watched_even_if_its_pid_cannot_be_written(tmp_path, monkeypatch):
     """Same campaign: had the second job.json write of a spawn failed, the worker ran on
     unwatched while the next tick started another attempt of the same job."""
-    from trainerd.jobs import JobMeta
+    from trainerd import queue
 
     sup = _supervisor_with_worker(tmp_path, 0)
     ref = sup.queue.claim()
-    real, calls = JobMeta.save, []
+    real, calls = queue.save_meta, []
 
-    def full_on_second(self, job_dir, sync=True):
+    def full_on_second(job_dir, meta, sync=True):
         calls.append(1)
         if len(calls) == 2:  # the first save records the attempt; the second, its pid
             raise _enospc()
-        return real(self, job_dir, sync)
+        return real(job_dir, meta, sync)
 
-    monkeypatch.setattr(JobMeta, "save", full_on_second)
+    monkeypatch.setattr(queue, "save_meta", full_on_second)
     sup._spawn(ref)  # no exception
     assert sup.running is not None and sup.running.ref.id == ref.id
     assert sup.running.proc.wait(30) == 0

@@ -176,10 +176,8 @@ class JobMeta(BaseModel):
 
     @classmethod
     def load(cls, job_dir: Path) -> JobMeta:
+        """Read job.json. Its one writer is the queue (trainerd.queue)."""
         return cls.model_validate(atomic.read_json(Path(job_dir) / JOB_JSON))
-
-    def save(self, job_dir: Path, sync: bool = True) -> None:
-        atomic.write_json(Path(job_dir) / JOB_JSON, self.model_dump(mode="json"), sync=sync)
 
 
 def token_counts(job_dir: Path) -> dict[str, int] | None:

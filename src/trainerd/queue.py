@@ -278,7 +278,7 @@ class Queue:
             id=job_id, original_name=name, source_folder=source_folder, sha256=sha, size=size,
             examples=report.examples, priority=priority, seed=int(sha[:8], 16),
         )
-        meta.save(stage, sync=self._sync)
+        save_meta(stage, meta, sync=self._sync)
         if report.ok:
             dest = self.layout.queued(priority.value) / job_id
             atomic.rename(stage, dest, sync=self._sync)
@@ -315,8 +315,8 @@ class Queue:
         try:
             with self._staging(job_id) as stage:
                 os.rename(path, stage / ORIGINAL)
-                JobMeta(id=job_id, original_name=path.name, source_folder=source_folder,
-                        sha256="", size=0, examples=0).save(stage, sync=self._sync)
+                save_meta(stage, JobMeta(id=job_id, original_name=path.name, source_folder=source_folder,
+                                         sha256="", size=0, examples=0), sync=self._sync)
                 atomic.write_json(stage / ERROR_JSON, {
                     "reason": f"{printable(path.name)}: {reason}", "stage": "intake", "at": time.time(),
                 }, sync=self._sync)
@@ -572,11 +572,12 @@ class Queue:
         self._event("failed", ref.id, reason=reason)
         return JobRef(ref.id, JobState.FAILED, dest)
 
-    def release(self, ref: JobRef, meta: JobMeta, not_before: float = 0.0) -> JobRef:
+    def release(self, ref: JobRef, not_before: float = 0.0) -> JobRef:
         """Active -> queued (a retry after back-off), into the folder it was claimed from."""
+        meta = ref.meta()
         prio = meta.attempts[-1].priority if meta.attempts and meta.attempts[-1].priority else meta.priority
         meta.not_before = not_before
-        meta.save(ref.path)
+        save_meta(ref.path, meta)
         dest = self.layout.queued(Priority(prio).value) / ref.id
         atomic.rename(ref.path, dest)
         self._event("retry_scheduled", ref.id, not_before=not_before)
@@ -588,7 +589,7 @@ class Queue:
         if meta.attempts and meta.attempts[-1].ended_at is None:
             a = meta.attempts[-1]
             a.ended_at, a.outcome, a.exit_code, a.error = time.time(), outcome, exit_code, error
-        meta.save(ref.path)
+        save_meta(ref.path, meta)
         self._event("attempt_end", ref.id, outcome=outcome.value, exit_code=exit_code, error=error)
         return meta
 
@@ -596,8 +597,53 @@ class Queue:
         meta = ref.meta()
         meta.attempts.append(Attempt(number=len(meta.attempts) + 1, started_at=time.time(),
                                      pid=pid, priority=priority))
-        meta.save(ref.path)
+        save_meta(ref.path, meta)
         self._event("attempt_start", ref.id, number=len(meta.attempts), pid=pid)
+        return meta
+
+    def record_worker_pid(self, ref: JobRef, pid: int) -> None:
+        """The live attempt's worker pid, for people (`trainerd status`, job.json)."""
+        meta = ref.meta()
+        if meta.attempts:
+            meta.attempts[-1].pid = pid
+            save_meta(ref.path, meta)
+
+    def amend(self, ref: JobRef, changes: dict[str, Any], note: dict[str, Any] | None = None) -> JobMeta:
+        """Set what the attempt policy changes (trainerd.attempts: the OOM fallback's
+        micro-batch, the divergence count) and add its note to the job's history."""
+        unknown = set(changes) - AMENDABLE
+        if unknown:
+            raise ValueError(f"job.json fields {sorted(unknown)} are not the attempt policy's to change")
+        meta = ref.meta()
+        for k, v in changes.items():
+            setattr(meta, k, v)
+        if note:
+            meta.history.append({"at": time.time(), **note})
+        save_meta(ref.path, meta)
+        return meta
+
+    def record_progress(self, ref: JobRef, progress: dict[str, Any] | None, counts: dict[str, int] | None,
+                        curve: list[float]) -> JobMeta:
+        """What an attempt got through (the worker's progress.json), what the token cache
+        holds (train.overlength's counts) and the run's first and last loss, in one write."""
+        meta = ref.meta()
+        if progress:
+            meta.examples_done = int(progress.get("examples_done", meta.examples_done))
+            meta.steps_done = int(progress.get("step", meta.steps_done))
+        if counts:
+            meta.sequences, meta.tokens = counts["sequences"], counts["tokens"]
+            meta.dropped, meta.truncated = counts["dropped"], counts["truncated"]
+        if curve:
+            meta.first_loss, meta.last_loss = curve[0], curve[-1]
+        save_meta(ref.path, meta)
+        return meta
+
+    def record_version(self, ref: JobRef, version: str, gate: dict[str, Any] | None) -> JobMeta:
+        """The version the job published and the eval gate's decision (the version's
+        manifest holds the original)."""
+        meta = ref.meta()
+        meta.version, meta.gate = version, gate
+        save_meta(ref.path, meta)
         return meta
 
     def recover(self) -> list[str]:
@@ -630,7 +676,7 @@ class Queue:
                 a = meta.attempts[-1]
                 a.ended_at, a.outcome = time.time(), Outcome.INTERRUPTED
                 a.error = "the daemon stopped while this attempt ran (crash, kill -9 or power loss)"
-                meta.save(ref.path)
+                save_meta(ref.path, meta)
                 self._event("attempt_end", ref.id, outcome=a.outcome.value, error=a.error)
                 closed.append((ref, meta))
         return closed, notes
@@ -642,10 +688,10 @@ class Queue:
             return f"{ref.id}: job.json unreadable and no data file; left for inspection"
         report, sha, size = _hash_and_validate(ref.path / DATA, "", self.data_map)  # any layout
         ext = ".json" if report.unit == "element" else ".jsonl"  # the name decides how it is read
-        JobMeta(id=ref.id, original_name=ref.id.split("-", 2)[-1] + ext, sha256=sha, size=size,
-                examples=report.examples, priority=ref.priority or Priority.NORMAL,
-                seed=int(sha[:8], 16),
-                history=[{"at": time.time(), "event": "job.json rebuilt at recovery"}]).save(ref.path)
+        save_meta(ref.path, JobMeta(
+            id=ref.id, original_name=ref.id.split("-", 2)[-1] + ext, sha256=sha, size=size,
+            examples=report.examples, priority=ref.priority or Priority.NORMAL, seed=int(sha[:8], 16),
+            history=[{"at": time.time(), "event": "job.json rebuilt at recovery"}]))
         return f"{ref.id}: job.json was lost in a crash; rebuilt from its data"
 
     def _recover_staging(self, d: Path) -> list[str]:
@@ -696,8 +742,8 @@ class Queue:
         failed/ entry must still say what it is and why it was refused."""
         name = d.name.split("-", 2)[-1]
         if not (d / JOB_JSON).is_file():
-            JobMeta(id=d.name, original_name=name, sha256="", size=0, examples=0,
-                    history=[{"at": time.time(), "event": "job.json rebuilt at recovery"}]).save(d)
+            save_meta(d, JobMeta(id=d.name, original_name=name, sha256="", size=0, examples=0,
+                                 history=[{"at": time.time(), "event": "job.json rebuilt at recovery"}]))
         if not (d / ERROR_JSON).is_file():
             st = os.lstat(d / ORIGINAL)
             kind = ("a symlink (not followed)" if stat.S_ISLNK(st.st_mode) else
@@ -740,7 +786,7 @@ class Queue:
                 meta = JobMeta.load(stage)
                 meta.priority = priority
                 meta.history.append({"at": time.time(), "event": "priority", "to": priority.value})
-                meta.save(stage)
+                save_meta(stage, meta)
                 dest = self.layout.queued(priority.value) / job_id
                 atomic.rename(stage, dest)
         except FileNotFoundError:
@@ -780,7 +826,7 @@ class Queue:
             meta.examples = report.examples
             if not report.ok:
                 raise QueueError(f"{job_id} still does not validate: {report.reason()}")
-            meta.save(stage)
+            save_meta(stage, meta)
             _archive_run(stage)
             dest = self.layout.queued(prio.value) / job_id
             atomic.rename(stage, dest)
@@ -789,6 +835,13 @@ class Queue:
 
 
 RUN_FILES = (ERROR_JSON, PROGRESS_JSON, METRICS, WORKER_LOG, WORKER_ERROR)
+AMENDABLE = frozenset({"micro_batch_size", "nonfinite_events"})  # Queue.amend's fields
+
+
+def save_meta(job_dir: Path, meta: JobMeta, sync: bool = True) -> None:
+    """Write job.json. The queue is its only writer (issue 17): every change to a job's
+    record goes through a Queue method, so no two writers race on the file."""
+    atomic.write_json(Path(job_dir) / JOB_JSON, meta.model_dump(mode="json"), sync=sync)
 
 
 def _not_delivered(name: str) -> bool:

@@ -497,9 +497,8 @@ class Supervisor:
         self.running = Running(ref, proc, attempt, group=group,
                                watch=StallWatch(ref.path, self.cfg.daemon.stall_seconds))
         self.state = DaemonState.TRAINING
-        meta.attempts[-1].pid = proc.pid
         try:
-            meta.save(ref.path)
+            self.queue.record_worker_pid(ref, proc.pid)
         except OSError as e:  # the pid is for people; the attempt itself is already on disk
             log.warning("%s: worker pid not written to job.json (%s)", ref.id, e.strerror or e)
         log.info("%s: attempt %d started (%s pid %d)", ref.id, attempt,
@@ -571,7 +570,7 @@ class Supervisor:
         # the same exit status and records it then: an attempt is never left open.
         self.running = None
         self.gpu.release()
-        self._absorb_progress(r, meta)
+        meta = self._absorb_progress(r, meta)
         log.info("%s: attempt %d ended: %s", r.ref.id, r.attempt, describe_exit(said),
                  extra=r.log_ctx)
         action = attempts.decide(outcome, error, meta, self.cfg, skipped=r.skip is not None,
@@ -584,21 +583,17 @@ class Supervisor:
         if action.clear_skip:
             control.clear_skip(self.layout)
         if action.changes or action.note:
-            for k, v in action.changes.items():
-                setattr(meta, k, v)
-            if action.note:
-                meta.history.append({"at": time.time(), **action.note})
-            meta.save(ref.path)
+            meta = self.queue.amend(ref, action.changes, action.note)
         if action.warning:
             log.warning("%s: %s", ref.id, action.warning, extra=ctx)
         if action.do == attempts.Do.DONE:
-            self._record_gate(ref, meta)
+            meta = self._record_gate(ref, meta)
             self._record_publish(ref, meta, ctx)
             self.queue.finish(ref)
         elif action.do == attempts.Do.FAIL:
             self.queue.fail(ref, action.reason or "failed", stage=action.stage, **action.detail)
         elif action.do == attempts.Do.REQUEUE:
-            self.queue.release(ref, meta, time.time() + action.delay)
+            self.queue.release(ref, time.time() + action.delay)
         elif action.do == attempts.Do.PAUSE_DISK:
             self._pause_for_disk(action.reason or "disk full")
         elif action.do == attempts.Do.PAUSE_MODEL:
@@ -621,21 +616,22 @@ class Supervisor:
         line = oplog.publish_line(ref.id, meta.original_name, facts, oplog.final_probe(ref.path, attempt))
         log.info("%s", line, extra={"job_id": ref.id, "attempt": attempt, "version": version})
 
-    def _record_gate(self, ref: JobRef, meta: JobMeta) -> None:
+    def _record_gate(self, ref: JobRef, meta: JobMeta) -> JobMeta:
         """The version the job published and the eval gate's decision, into job.json and
         state.db (the version's manifest holds the original)."""
         from trainerd.forgetting import version_of_job
 
         found = version_of_job(self.layout, ref.id)
         if found is None:
-            return
-        meta.version, meta.gate = found[0], found[1].get("gate")
+            return meta
+        version, gate = found[0], found[1].get("gate")
         with contextlib.suppress(OSError):  # history for people; the version itself is on disk
-            meta.save(ref.path)
-        if meta.gate:
-            log.log(logging.WARNING if meta.gate.get("action") != "current" else logging.INFO,
-                    "%s: %s %s", ref.id, found[0], meta.gate.get("verdict"))
-            self._event("gate", ref.id, version=found[0], **meta.gate)
+            meta = self.queue.record_version(ref, version, gate)
+        if gate:
+            log.log(logging.WARNING if gate.get("action") != "current" else logging.INFO,
+                    "%s: %s %s", ref.id, version, gate.get("verdict"))
+            self._event("gate", ref.id, version=version, **gate)
+        return meta
 
     def _check_disk(self) -> None:
         ckpt = 0
@@ -662,29 +658,21 @@ class Supervisor:
         # quota): wait a little before trying again rather than flapping.
         self.disk_retry_at = time.monotonic() + 10.0
 
-    def _absorb_progress(self, r: Running, meta: JobMeta) -> None:
+    def _absorb_progress(self, r: Running, meta: JobMeta) -> JobMeta:
         """Copy the worker's last progress into job.json, its metrics and probe evals into state.db."""
-        try:
-            p = atomic.read_json(r.ref.path / PROGRESS_JSON)
-            meta.examples_done = int(p.get("examples_done", meta.examples_done))
-            meta.steps_done = int(p.get("step", meta.steps_done))
-            meta.save(r.ref.path)
-        except (OSError, ValueError):
-            pass
-        counts = token_counts(r.ref.path)
-        if counts:  # what train.overlength did, for job.json, status and the dashboard
-            meta.sequences, meta.tokens = counts["sequences"], counts["tokens"]
-            meta.dropped, meta.truncated = counts["dropped"], counts["truncated"]
-            with contextlib.suppress(OSError):
-                meta.save(r.ref.path)
         from trainerd.status import loss_curve
 
-        curve = loss_curve(r.ref.path)
-        if curve:
-            meta.first_loss, meta.last_loss = curve[0], curve[-1]
-            meta.save(r.ref.path)
+        try:
+            progress = atomic.read_json(r.ref.path / PROGRESS_JSON)
+        except (OSError, ValueError):
+            progress = None
+        try:
+            # token_counts: what train.overlength did, for job.json, status and the dashboard
+            meta = self.queue.record_progress(r.ref, progress, token_counts(r.ref.path), loss_curve(r.ref.path))
+        except OSError as e:  # for people; the attempt's outcome is on disk already
+            log.warning("%s: progress not written to job.json (%s)", r.ref.id, e.strerror or e)
         if self.ledger is None:
-            return
+            return meta
         for name, record in ((METRICS, self.ledger.metrics), (EVALS, self.ledger.evals)):
             try:
                 rows = []
@@ -697,6 +685,7 @@ class Supervisor:
                 pass  # no step logged, or no probe set
             except (OSError, sqlite3.Error) as e:  # history only: the outcome is recorded next
                 log.warning("%s of %s not recorded in state.db: %s", name, r.ref.id, e)
+        return meta
 
     def _apply_idle_skip(self, skip: control.Skip) -> None:
         """A skip for a job sitting in active/ with no worker (paused or stopped)."""
