@@ -2,6 +2,7 @@ import fcntl
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -398,3 +399,16 @@ def test_a_rejection_cut_short_by_a_full_disk_still_lands_in_failed_with_a_reaso
     assert "symlink" in reason(ref)
     assert os.path.islink(ref.path / ORIGINAL)
     assert os.listdir(layout.incoming) == []
+
+
+def test_job_json_has_one_writer_the_queue():
+    """Issue 17: nothing outside trainerd/queue/ writes job.json (the supervisor once did,
+    beside the queue). The writer is record.save_meta; JobMeta itself only loads."""
+    import trainerd
+    from trainerd.jobs import JobMeta
+
+    assert not hasattr(JobMeta, "save")
+    src = Path(trainerd.__file__).parent
+    writers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                     if "save_meta(" in p.read_text() or "/ JOB_JSON, " in p.read_text())
+    assert writers and all(w.startswith("queue/") for w in writers), writers

@@ -457,16 +457,6 @@ def test_foreign_host_header_is_refused_on_loopback(server):
 
 
 # --------------------------------------------------------------------------- inside the daemon
-def _supervisor_starts_the_server() -> bool:
-    import inspect
-
-    from trainerd import supervisor
-
-    return "start_server" in inspect.getsource(supervisor)
-
-
-@pytest.mark.skipif(not _supervisor_starts_the_server(),
-                    reason="the supervisor does not start the HTTP server yet (see the wiring patch)")
 def test_the_daemon_serves_http_and_obeys_it(tmp_path, tiny_model):
     from tests.conftest import cli, daemon_log, start_daemon, wait_for
 
