@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from tests.conftest import chat_rows, make_base, write_jsonl
-from trainerd.attempts import COLD_STOP, Action, Do, Ended, classify, decide
+from trainerd.attempts import COLD_STOP, PREEMPT_PREFIX, Action, Do, Ended, classify, decide
 from trainerd.config import Config
 from trainerd.jobs import Attempt, JobMeta, JobState, Outcome, Priority
 from trainerd.paths import Layout
@@ -61,6 +61,14 @@ CLASSIFY = [
     (Ended(said=-15, rc=-15, stop_reason="skip", published=True), Outcome.FINISHED, "published, then killed by SIGTERM"),
     (Ended(said=-9, rc=-9, published=True, worker_reason=WHY), Outcome.FINISHED, "published, then killed by SIGKILL"),
     (Ended(said=0, rc=0, published=True), Outcome.FINISHED, None),
+    # queue.preempt: our warm stop for a higher-priority job, at a step or while starting...
+    (Ended(said=3, rc=3, stop_reason=PREEMPT_PREFIX + "J"), Outcome.PREEMPTED, PREEMPT_PREFIX + "J"),
+    (Ended(said=-15, rc=-15, stop_reason=PREEMPT_PREFIX + "J"), Outcome.PREEMPTED, PREEMPT_PREFIX + "J"),
+    (Ended(said=3, rc=1, group=True, stop_reason=PREEMPT_PREFIX + "J"), Outcome.PREEMPTED, PREEMPT_PREFIX + "J"),
+    # ...but a worker that finished first is done, and one that failed failed.
+    (Ended(said=0, rc=0, stop_reason=PREEMPT_PREFIX + "J"), Outcome.FINISHED, None),
+    (Ended(said=5, rc=5, stop_reason=PREEMPT_PREFIX + "J", worker_reason=WHY), Outcome.RESOURCE_ERROR, WHY),
+    (Ended(said=-9, rc=-9, stop_reason=PREEMPT_PREFIX + "J", worker_reason=WHY), Outcome.CRASHED, WHY),
 ]
 
 
@@ -84,6 +92,8 @@ def expected(outcome: Outcome, left: bool) -> Do:
         return Do.DONE
     if outcome == Outcome.STOPPED:
         return Do.STAY
+    if outcome == Outcome.PREEMPTED:
+        return Do.REQUEUE  # to the front, no back-off (tested below)
     if outcome == Outcome.DISK_LOW:
         return Do.PAUSE_DISK
     if outcome == Outcome.MODEL_UNAVAILABLE:
@@ -114,7 +124,7 @@ def test_decide_every_outcome_attempts_left_and_skip(outcome, left, skipped):
     if act.do == Do.FAIL and outcome != Outcome.DATA_ERROR:
         assert act.reason.startswith(f"gave up after {LIMIT} failed attempt(s)"), act.reason
         assert act.detail == {"attempts": LIMIT} and act.stage == "training"
-    if act.do == Do.REQUEUE:
+    if act.do == Do.REQUEUE and outcome != Outcome.PREEMPTED:
         assert act.delay == CFG.queue.backoff_seconds[0] and f"retry 1/{LIMIT - 1} in 30s" in act.warning
 
 
@@ -130,6 +140,17 @@ def test_back_off_grows_with_own_failures_and_a_daemon_death_earns_none():
     calm = meta_after(Outcome.CRASHED, before=[Outcome.STOPPED, Outcome.DISK_LOW, Outcome.RESOURCE_ERROR,
                                                 Outcome.NONFINITE, Outcome.MODEL_UNAVAILABLE])
     assert decide(Outcome.CRASHED, WHY, calm, CFG).delay == 30
+
+
+def test_a_preempted_job_goes_back_first_without_back_off_and_is_not_an_attempt():
+    meta = meta_after(Outcome.PREEMPTED, before=[Outcome.CRASHED] * (LIMIT - 1))  # even on its last attempt
+    assert meta.failed_attempts == LIMIT - 1 and not Outcome.PREEMPTED.counts_as_attempt
+    act = decide(Outcome.PREEMPTED, PREEMPT_PREFIX + "20260101T000000-000002-urgent", meta, CFG)
+    assert act == Action(Do.REQUEUE, front=True, changes={"preempted_by": "20260101T000000-000002-urgent"},
+                         note={"event": "preempted", "by": "20260101T000000-000002-urgent"})
+    # The stop the user asked for wins over the preemption the daemon asked for.
+    skipped = decide(Outcome.PREEMPTED, PREEMPT_PREFIX + "x", meta, CFG, skipped=True, skip_reason=None)
+    assert skipped.do == Do.FAIL and skipped.stage == "skip"
 
 
 def test_the_daemons_death_is_an_attempt_without_back_off():

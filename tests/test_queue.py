@@ -412,3 +412,43 @@ def test_job_json_has_one_writer_the_queue():
     writers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                      if "save_meta(" in p.read_text() or "/ JOB_JSON, " in p.read_text())
     assert writers and all(w.startswith("queue/") for w in writers), writers
+
+
+def test_a_preempted_job_goes_back_to_the_front_of_its_priority(q):
+    """queue.preempt: released with front=True, it is claimed before a job that arrived
+    before it (FIFO alone would take that one); the claim takes it off the front list."""
+    [older] = _queue_n(q, Priority.LOW, 1, "old")
+    [b] = _queue_n(q, Priority.NORMAL, 1, "b")
+    ref = q.claim()
+    assert ref.id == b.id
+    q.record_attempt_start(ref, 1, Priority.NORMAL)
+    q.move(older.id, Priority.NORMAL)  # now first by arrival in normal/
+    q.release(ref, front=True)  # b was preempted
+    assert q.claim().id == b.id
+    assert not (q.layout.queued("normal") / ".front.json").exists()
+    q.finish(q.list(JobState.ACTIVE)[0])
+    assert q.claim().id == older.id
+
+
+def test_the_front_list_forgets_jobs_the_user_took_away(q):
+    a, b = _queue_n(q, Priority.NORMAL, 2, "x")
+    ref = q.claim()
+    q.record_attempt_start(ref, 1, Priority.NORMAL)
+    q.release(ref, front=True)
+    assert json.loads((q.layout.queued("normal") / ".front.json").read_text()) == [a.id]
+    q.remove(a.id)
+    assert q.claim().id == b.id
+    assert not (q.layout.queued("normal") / ".front.json").exists()  # a's stale entry pruned
+
+
+def test_claimable_above_sees_only_higher_priorities_out_of_back_off(q):
+    [low] = _queue_n(q, Priority.LOW, 1, "l")
+    assert q.claimable_above(Priority.LOW) is None and q.claimable_above(Priority.HIGH) is None
+    [normal] = _queue_n(q, Priority.NORMAL, 1, "n")
+    assert q.claimable_above(Priority.LOW).id == normal.id and q.claimable_above(Priority.NORMAL) is None
+    ref = q.claim()
+    q.record_attempt_start(ref, 1, Priority.NORMAL)
+    q.release(ref, not_before=time.time() + 60)  # in back-off: it preempts nothing
+    assert q.claimable_above(Priority.LOW) is None
+    assert q.claimable_above(Priority.LOW, now=time.time() + 61).id == normal.id
+    assert low.id in states(q)

@@ -19,6 +19,7 @@ from trainerd.jobs import JobMeta, Outcome, describe_exit, fallback_micro_batch
 
 COLD_STOP = "cold stop"  # Running.stop_reason of a worker killed by the second signal
 STALLED = "stalled"  # Running.stop_reason of a worker the stall watch stopped
+PREEMPT_PREFIX = "preempted by "  # Running.stop_reason of a preemption: "preempted by <job id>"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ def classify(e: Ended) -> tuple[Outcome, str | None]:
         outcome, error = Outcome.STOPPED, "stopped while the worker was starting"
     elif outcome not in (Outcome.FINISHED, Outcome.STOPPED):
         error = e.worker_reason
+    if outcome == Outcome.STOPPED and e.stop_reason and e.stop_reason.startswith(PREEMPT_PREFIX):
+        # The warm stop we asked for so that a higher-priority job can train (queue.preempt).
+        outcome, error = Outcome.PREEMPTED, e.stop_reason
     if outcome != Outcome.FINISHED and e.published:
         # The worker published, then died on its way out (a stop or skip signal landing
         # during its exit, a kill): the job is in the model line, so it is done. Failing
@@ -74,6 +78,7 @@ class Action:
     stage: str = "training"  # FAIL: error.json's stage
     detail: dict[str, Any] = field(default_factory=dict)  # FAIL: more of error.json
     delay: float = 0.0  # REQUEUE: back-off in seconds
+    front: bool = False  # REQUEUE: before the jobs already queued at its priority
     changes: dict[str, Any] = field(default_factory=dict)  # job.json fields to set first
     note: dict[str, Any] | None = None  # an event for job.json's history
     clear_skip: bool = False  # the user's skip wish is used up
@@ -95,6 +100,12 @@ def decide(outcome: Outcome, error: str | None, meta: JobMeta, cfg: Config, *,
                       note={"event": "skipped", "reason": skip_reason})
     if outcome == Outcome.STOPPED:
         return Action(Do.STAY)  # with its checkpoint; resumed first next time
+    if outcome == Outcome.PREEMPTED:
+        # Not an attempt and no back-off: first in its priority's queue again; the job that
+        # preempted it is claimed before it anyway. The next attempt resumes from the
+        # version it trained from (JobMeta.preempted_by; docs/DECISIONS.md).
+        by = (error or "").removeprefix(PREEMPT_PREFIX) or None
+        return Action(Do.REQUEUE, front=True, changes={"preempted_by": by}, note={"event": "preempted", "by": by})
     if outcome == Outcome.DISK_LOW:
         return Action(Do.PAUSE_DISK, error or "disk full")  # resumes from its last checkpoint
     if outcome == Outcome.MODEL_UNAVAILABLE:

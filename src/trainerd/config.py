@@ -80,6 +80,12 @@ class QueueConfig(_Section):
     backoff_seconds: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: [30.0, 120.0, 600.0])
     max_file_mb: float = Field(4096, gt=0)
     poll_seconds: float = Field(1.0, gt=0, le=60)
+    preempt: bool = Field(
+        False, description="a queued job of higher priority stops the running lower-priority one at its next "
+        "optimizer step (checkpointed, back first in its queue, not an attempt) and trains first. Off by "
+        "default: the stopped job resumes exactly but is then published held, because the job that "
+        "preempted it became current meanwhile; `trainerd models rollback V --force` makes it current "
+        "(docs/DECISIONS.md)")
 
     def backoff_after(self, failed_attempts: int) -> float:
         if not self.backoff_seconds or failed_attempts <= 0:
@@ -282,6 +288,8 @@ max_attempts = 3             # crashes, kills and data errors count; then jobs/f
 backoff_seconds = [30, 120, 600]   # wait before retry 1, 2, 3...
 max_file_mb = 4096           # larger inbox files are rejected
 poll_seconds = 1.0           # how often the daemon looks at inbox/control without inotify
+preempt = false              # true: a higher-priority job stops a running lower one at its next step;
+                             # the stopped one resumes exactly but is published held (docs/DECISIONS.md)
 
 [daemon]
 heartbeat_seconds = 2        # run/status.json is rewritten at least this often

@@ -97,7 +97,7 @@ class Edits(QueueBase):
             meta.attempts, meta.not_before, meta.priority = [], 0.0, prio
             meta.examples_done = meta.steps_done = 0
             meta.first_loss = meta.last_loss = None
-            meta.micro_batch_size, meta.nonfinite_events = None, 0
+            meta.micro_batch_size, meta.nonfinite_events, meta.preempted_by = None, 0, None
             meta.examples = report.examples
             if not report.ok:
                 raise QueueError(f"{job_id} still does not validate: {report.reason()}")

@@ -58,7 +58,7 @@ class Progress:
             meta.first_loss, meta.last_loss = self.curve[0], self.curve[-1]
 
 
-AMENDABLE = frozenset({"micro_batch_size", "nonfinite_events"})  # Queue.amend's fields
+AMENDABLE = frozenset({"micro_batch_size", "nonfinite_events", "preempted_by"})  # Queue.amend's fields
 
 
 def save_meta(job_dir: Path, meta: JobMeta, sync: bool = True) -> None:

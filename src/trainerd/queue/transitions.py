@@ -6,6 +6,7 @@ trainerd.attempts."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Any
 
@@ -16,19 +17,22 @@ from trainerd.queue import record
 from trainerd.queue.listing import QueueBase
 from trainerd.queue.record import AMENDABLE, JobRef, Progress
 
+# In a queued/<priority>/ folder (a dot name: never listed as a job): the ids of jobs a
+# preemption sent back (queue.preempt), claimed before the others of that priority.
+FRONT = ".front.json"
+
 
 class Transitions(QueueBase):
     def claim(self, now: float | None = None) -> JobRef | None:
-        """The job to run next: one left active by a crash first, then high, normal, low,
-        FIFO by arrival within each, skipping those still in back-off."""
+        """The job to run next: one left active by a crash first, then high, normal, low;
+        within each, the preempted first, then FIFO by arrival, skipping those in back-off."""
         now = time.time() if now is None else now
         active = self.list(JobState.ACTIVE)
         if active:
             return active[0]
         for prio in PRIORITIES:
-            for ref in self.list(JobState.QUEUED):
-                if ref.priority != Priority(prio):
-                    continue
+            front = self._front(prio)
+            for ref in sorted(self._queued(prio), key=lambda r: r.id not in front):  # stable: FIFO kept
                 try:
                     if ref.meta().not_before > now:
                         continue
@@ -36,9 +40,44 @@ class Transitions(QueueBase):
                     atomic.rename(ref.path, dest)
                 except FileNotFoundError:
                     continue  # moved or removed by the CLI a moment ago
+                if front:  # the claimed one, and any the user moved or removed since
+                    self._set_front(prio, [i for i in front if i != ref.id and (self.layout.queued(prio) / i).is_dir()])
                 self._event("claimed", ref.id, priority=prio)
                 return JobRef(ref.id, JobState.ACTIVE, dest)
         return None
+
+    def claimable_above(self, priority: Priority, now: float | None = None) -> JobRef | None:
+        """A queued job of higher priority than `priority` that could be claimed now (not in
+        back-off): what makes the supervisor preempt a running job (queue.preempt)."""
+        now = time.time() if now is None else now
+        for prio in PRIORITIES[:PRIORITIES.index(priority.value)]:
+            for ref in self._queued(prio):
+                with contextlib.suppress(OSError, ValueError):  # moved, or job.json mid-rewrite
+                    if ref.meta().not_before <= now:
+                        return ref
+        return None
+
+    def _queued(self, prio: str) -> list[JobRef]:
+        try:
+            names = sorted(os.listdir(self.layout.queued(prio)))
+        except FileNotFoundError:
+            return []
+        return [JobRef(n, JobState.QUEUED, self.layout.queued(prio) / n, Priority(prio))
+                for n in names if not n.startswith(".")]
+
+    def _front(self, prio: str) -> list[str]:
+        try:
+            ids = atomic.read_json(self.layout.queued(prio) / FRONT)
+        except (OSError, ValueError):
+            return []
+        return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+    def _set_front(self, prio: str, ids: list[str]) -> None:
+        if ids:
+            atomic.write_json(self.layout.queued(prio) / FRONT, ids)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.layout.queued(prio) / FRONT)
 
     def next_wakeup(self) -> float | None:
         """Earliest time a backed-off queued job becomes claimable (None if nothing waits)."""
@@ -61,12 +100,15 @@ class Transitions(QueueBase):
         self._event("failed", ref.id, reason=reason)
         return JobRef(ref.id, JobState.FAILED, dest)
 
-    def release(self, ref: JobRef, not_before: float = 0.0) -> JobRef:
-        """Active -> queued (a retry after back-off), into the folder it was claimed from."""
+    def release(self, ref: JobRef, not_before: float = 0.0, front: bool = False) -> JobRef:
+        """Active -> queued (a retry after back-off), into the folder it was claimed from;
+        `front`: claimed before the others there (a preempted job)."""
         meta = ref.meta()
         prio = meta.attempts[-1].priority if meta.attempts and meta.attempts[-1].priority else meta.priority
         meta.not_before = not_before
         record.save_meta(ref.path, meta)
+        if front:  # first: a crash before the rename leaves the job in active/, resumed first anyway
+            self._set_front(Priority(prio).value, [ref.id, *self._front(Priority(prio).value)])
         dest = self.layout.queued(Priority(prio).value) / ref.id
         atomic.rename(ref.path, dest)
         self._event("retry_scheduled", ref.id, not_before=not_before)

@@ -48,7 +48,7 @@ class Actions:
         elif action.do == attempts.Do.FAIL:
             self.queue.fail(ref, action.reason or "failed", stage=action.stage, **action.detail)
         elif action.do == attempts.Do.REQUEUE:
-            self.queue.release(ref, time.time() + action.delay)
+            self.queue.release(ref, time.time() + action.delay, front=action.front)
         elif action.do == attempts.Do.PAUSE_DISK:
             self._pause_for_disk(action.reason or "disk full")
         elif action.do == attempts.Do.PAUSE_MODEL:

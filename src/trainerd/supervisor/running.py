@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 from trainerd import atomic, control
-from trainerd.jobs import WORKER_ERROR, WORKER_LOG, WORKER_OUTCOME, describe_exit
+from trainerd.jobs import WORKER_ERROR, WORKER_LOG, WORKER_OUTCOME, Priority, describe_exit
 from trainerd.queue import JobRef
 from trainerd.stall import StallWatch
 
@@ -58,6 +58,8 @@ class Running:
     group: bool = False  # a torchrun group (worker/launch.py): proc is the agent
     watch: StallWatch | None = None  # the anti-stuck monitor of this attempt
     stall: str | None = None  # set when it stalled: why, for the attempt's record
+    priority: Priority = Priority.NORMAL  # the queue folder it was claimed from (queue.preempt)
+    preempt_checked_at: float = 0.0  # monotonic time the queue was last looked at for preemption
 
     @property
     def log_ctx(self) -> dict[str, int]:

@@ -76,7 +76,7 @@ class Workers:
             )
         # Watched from here on, whatever happens next: a worker the daemon forgot would train
         # on beside the next attempt of the same job.
-        self.running = Running(ref, proc, attempt, group=group,
+        self.running = Running(ref, proc, attempt, group=group, priority=prio,
                                watch=StallWatch(ref.path, self.cfg.daemon.stall_seconds))
         self.state = DaemonState.TRAINING
         try:
@@ -111,10 +111,12 @@ class Workers:
             skip = control.read_skip(self.layout)
             if skip is not None and skip.job_id == r.ref.id:
                 r.skip = skip
-            why = ("cold stop" if cold else "stop signal" if warm else
+            why = (attempts.COLD_STOP if cold else "stop signal" if warm else
                    wish.state.value if wish.state != Desired.RUNNING else
                    "disk low" if self.disk_pause else
                    "skip" if r.skip else None)
+            if why is None and r.stop_sent_at is None:
+                why = self._preemption(r)
             if r.stall is None and r.stop_sent_at is None and r.watch is not None:
                 r.stall = r.watch.look()
                 if r.stall:
@@ -122,12 +124,12 @@ class Workers:
                               r.stall, self.cfg.daemon.stop_grace_seconds)
                     self._event("stalled", r.ref.id, reason=r.stall)
                     r.signal(signal.SIGTERM)
-                    r.stop_sent_at, r.stop_reason = time.monotonic(), "stalled"
+                    r.stop_sent_at, r.stop_reason = time.monotonic(), attempts.STALLED
                     return
             if cold:
                 log.warning("%s: second signal, killing the worker (cold stop)", r.ref.id, extra=r.log_ctx)
                 r.proc.kill()
-                r.stop_reason = "cold stop"
+                r.stop_reason = attempts.COLD_STOP
             elif why and r.stop_sent_at is None:
                 log.info("%s: asking the worker to checkpoint and stop (%s)", r.ref.id, why, extra=r.log_ctx)
                 r.signal(signal.SIGTERM)
@@ -138,6 +140,21 @@ class Workers:
                 r.proc.kill()
             return
         self._attempt_ended(r, rc)
+
+    def _preemption(self, r: Running) -> str | None:
+        """queue.preempt: the stop reason when a higher-priority job waits, else None. At
+        most once a second: it lists the queue folders above the running job's."""
+        if not self.cfg.queue.preempt or r.priority == Priority.HIGH:
+            return None
+        now = time.monotonic()
+        if now - r.preempt_checked_at < 1.0:
+            return None
+        r.preempt_checked_at = now
+        higher = self.queue.claimable_above(r.priority)
+        if higher is None:
+            return None
+        self._event("preempting", r.ref.id, by=higher.id, priority=(higher.priority or Priority.HIGH).value)
+        return attempts.PREEMPT_PREFIX + higher.id
 
     def _attempt_ended(self, r: Running, rc: int) -> None:
         said = r.exit_code(rc)

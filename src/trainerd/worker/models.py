@@ -212,9 +212,11 @@ def load_for_training(ref: ModelRef, cfg: TrainConfig):
 
 
 def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
-            extra: dict[str, Any] | None = None, make_current: bool = True) -> str:
+            extra: dict[str, Any] | None = None, make_current: bool = True,
+            preempted_by: str | None = None) -> str:
     """Write the trained weights as the next version and make it current, atomically
-    (make_current=False: the eval gate holds it; it is written and verified, not current)."""
+    (make_current=False: the eval gate holds it; it is written and verified, not current).
+    A preempted job (`preempted_by`) whose parent is no longer current is published held."""
     import torch
 
     bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
@@ -229,6 +231,13 @@ def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: 
     # version and move `current` only if it is still the parent this job trained from.
     with models_lock(layout, f"publish {meta.id}", timeout=600):
         now = current(layout, load_config(layout.config))
+        if now.version != parent.version and preempted_by is not None:
+            from trainerd import gate
+
+            jobs = [str(j.get("id")) for j in now.manifest.get("jobs", [])]
+            extra = {**(extra or {}), "gate": gate.preempted_hold(parent.version, now.version, jobs, preempted_by,
+                                                                  (extra or {}).get("gate"))}
+            return _publish_locked(layout, model, tokenizer, parent, meta, extra, make_current=False)
         if now.version != parent.version:
             raise RuntimeError(f"current moved from {parent.version} to {now.version} while {meta.id} trained; "
                                "not publishing over it (the retry trains from the new current)")
@@ -260,8 +269,8 @@ def _publish_locked(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef
     if not make_current:
         # Held: read back and hashed now, so a later override makes a sound version current.
         atomic.verify_manifest(layout.models / name, check_hashes=True)
-        log.info("wrote %s (parent %s), held by the eval gate: current stays %s", name, parent.version,
-                 parent.version)
+        log.info("wrote %s (parent %s), held: current does not move (%s)", name, parent.version,
+                 ((extra or {}).get("gate") or {}).get("verdict", "eval gate"))
         return name
     set_current(layout, name)
     log.info("published %s (parent %s)", name, parent.version)
