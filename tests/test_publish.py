@@ -24,9 +24,9 @@ from tests.conftest import (
 from trainerd import atomic
 from trainerd.config import Config
 from trainerd.ledger import Ledger
+from trainerd.line.refs import set_current
 from trainerd.paths import Layout
 from trainerd.publish import PUBLISH_JSON, Publisher
-from trainerd.worker.models import set_current
 
 
 def fake_version(layout: Layout, name: str, parent: str) -> None:

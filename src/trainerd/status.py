@@ -175,7 +175,7 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
 
 def model_versions(layout: Layout, limit: int | None = None) -> list[dict[str, Any]]:
     """Versions oldest first; the newest `limit` of them when given (months make hundreds)."""
-    from trainerd.worker.models import versions  # torch-free at import
+    from trainerd.line.versions import versions
 
     out = []
     for n in versions(layout)[-limit:] if limit else versions(layout):

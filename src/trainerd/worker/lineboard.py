@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from trainerd.line.refs import ModelRef
 from trainerd.paths import Layout
-from trainerd.worker.models import ModelRef
 
 log = logging.getLogger("trainerd.worker.lineboard")
 

@@ -28,9 +28,9 @@ from trainerd import atomic, forgetting, gate
 from trainerd.config import Config
 from trainerd.formats import iter_records
 from trainerd.jobs import DATA, JobMeta
+from trainerd.line.refs import ModelRef
 from trainerd.paths import Layout
 from trainerd.worker import evals
-from trainerd.worker.models import ModelRef
 
 log = logging.getLogger("trainerd.worker.recall")
 

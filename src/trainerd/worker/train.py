@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainerd import __version__, atomic, guards, lifecycle
+from trainerd import __version__, atomic, guards
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
+from trainerd.line.refs import current, published_version
+from trainerd.line.replay import REPLAY_JSONL, replay_for_job
 from trainerd.paths import Layout
 from trainerd.worker import checkpoints, heartbeat, models, preflight
 from trainerd.worker.data import JobDataset, data_order, prepare
@@ -380,13 +382,13 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
-    done_as = models.published_version(layout, cfg, meta)
+    done_as = published_version(layout, cfg, meta)
     if done_as is not None:
         log.info("%s is already published as %s (the last attempt died after publishing)", meta.id, done_as)
         checkpoints.clear(job_dir)
         return ExitCode.FINISHED
 
-    parent = models.current(layout, cfg)
+    parent = current(layout, cfg)
     # The daemon's preflight, again here: a model that vanished or a template that raises
     # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
     tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
@@ -395,10 +397,10 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
 
     def prepare_data():
         # Replay against forgetting: a fixed sample of done jobs' examples joins this epoch.
-        _, replay = lifecycle.replay_for_job(layout, job_dir, cfg.replay.fraction, meta.examples,
+        _, replay = replay_for_job(layout, job_dir, cfg.replay.fraction, meta.examples,
                                              cfg.replay.max_examples, cfg.data.map)
         return replay, prepare(job_dir, tokenizer, cfg.train, meta.sha256,
-                               job_dir / lifecycle.REPLAY_JSONL if replay else None,
+                               job_dir / REPLAY_JSONL if replay else None,
                                replay["sha256"] if replay else "", cfg.data.map, meta.original_name)
 
     heartbeat.phase("tokenizing")
