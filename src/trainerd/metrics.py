@@ -202,7 +202,7 @@ class TrainerdCollector(Collector):
             du = None
         yield gauge("trainerd_disk_free_bytes", "Free bytes on the base dir's filesystem", du and du.free)
         yield gauge("trainerd_disk_total_bytes", "Size of the base dir's filesystem", du and du.total)
-        from trainerd.forgetting import (
+        from trainerd.line.forgetting import (
             line_metrics,  # gate flags, backward transfer (docs/EVALS.md)
         )
 

@@ -642,7 +642,7 @@ class Supervisor:
     def _record_gate(self, ref: JobRef, meta: JobMeta) -> None:
         """The version the job published and the eval gate's decision, into job.json and
         state.db (the version's manifest holds the original)."""
-        from trainerd.forgetting import version_of_job
+        from trainerd.line.forgetting import version_of_job
 
         found = version_of_job(self.layout, ref.id)
         if found is None:

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainerd import atomic, forgetting, gate
+from trainerd import atomic, gate
 from trainerd.config import Config
 from trainerd.jobs import JobMeta
+from trainerd.line import forgetting
 from trainerd.line.versions import resolve_base, version_number
 from trainerd.paths import Layout
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainerd import forgetting, gate
+from trainerd import gate
+from trainerd.line import forgetting
 from trainerd.line.snapshots import list_snapshots
 from trainerd.line.versions import chain, current_name, existing, problems, version_info
 from trainerd.paths import Layout

@@ -13,6 +13,7 @@ from trainerd.jobs import JobMeta
 from trainerd.line.commit import commit
 from trainerd.line.refs import ModelRef
 from trainerd.paths import Layout
+from trainerd.worker.errors import NonFiniteLoss
 
 
 def torch_dtype(cfg: TrainConfig):
@@ -103,8 +104,6 @@ def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: 
 
     bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if bad:  # never let NaN weights become the current model
-        from trainerd.worker.train import NonFiniteLoss
-
         raise NonFiniteLoss(f"refusing to publish: non-finite values in {', '.join(bad[:5])}")
 
     def save(folder: Path) -> str:

@@ -25,6 +25,8 @@ from trainerd.line.replay import REPLAY_JSONL, replay_for_job
 from trainerd.paths import Layout
 from trainerd.worker import checkpoints, heartbeat, models, preflight
 from trainerd.worker.data import JobDataset, data_order, prepare
+from trainerd.worker.errors import DiskLow, HostMemoryExceeded, NonFiniteLoss
+from trainerd.worker.lineboard import summary_writer
 
 if TYPE_CHECKING:
     from trainerd.worker.main import StopFlag
@@ -33,18 +35,6 @@ log = logging.getLogger("trainerd.worker.train")
 
 
 PROGRESS_EVERY = 1.0  # seconds between progress.json rewrites (status reads it; no need for more)
-
-
-class NonFiniteLoss(RuntimeError):
-    """Loss or gradient norm became NaN/Inf; says at which step and on which examples."""
-
-
-class HostMemoryExceeded(MemoryError):
-    """The worker's RSS passed train.max_host_memory_gb (the CPU analogue of CUDA OOM)."""
-
-
-class DiskLow(RuntimeError):
-    """No room for the next checkpoint; the worker stops without writing a partial one."""
 
 
 
@@ -273,19 +263,6 @@ def tensorboard_callback(job_dir: Path) -> Any:
 
     writer = summary_writer(job_dir / TENSORBOARD)
     return None if writer is None else TensorBoardCallback(writer)
-
-
-def summary_writer(log_dir: Path) -> Any:
-    """A TensorBoard SummaryWriter for log_dir, or None (a log line) when none can be made."""
-    try:
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
-        except ImportError:
-            from tensorboardX import SummaryWriter
-        return SummaryWriter(log_dir=str(log_dir))
-    except Exception as e:  # not installed, or installed but broken (e.g. a protobuf clash)
-        log.info("no TensorBoard event files in %s (pip install tensorboardX): %s", log_dir, e)
-        return None
 
 
 def _job_trainer():
