@@ -59,7 +59,7 @@ class Actions:
         """The publish line in the log and the ledger's `trained` event: what the /metrics
         counters and the duration histogram sum, kept after the job is removed."""
         from trainerd.history import TRAINED_EVENT, trained_event
-        from trainerd.worker.models import published_version  # torch-free at import
+        from trainerd.line.refs import published_version
 
         try:
             version = published_version(self.layout, self.cfg, meta)
@@ -74,7 +74,7 @@ class Actions:
     def _record_gate(self, ref: JobRef, meta: JobMeta) -> JobMeta:
         """The version the job published and the eval gate's decision, into job.json and
         state.db (the version's manifest holds the original)."""
-        from trainerd.forgetting import version_of_job
+        from trainerd.line.forgetting import version_of_job
 
         found = version_of_job(self.layout, ref.id)
         if found is None:

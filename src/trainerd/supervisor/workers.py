@@ -89,7 +89,7 @@ class Workers:
 
     def _published(self, ref: JobRef) -> bool:
         """Is this job already in the current model version (the worker's own retry check)?"""
-        from trainerd.worker.models import published_version  # torch-free at import
+        from trainerd.line.refs import published_version
 
         try:
             return published_version(self.layout, self.cfg, ref.meta()) is not None
