@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from trainerd import atomic, control, guards, oplog, preflight, wishes
+from trainerd import atomic, control, eventspool, guards, oplog, preflight, wishes
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.gpugate import TrainingHold
@@ -51,7 +51,7 @@ from trainerd.paths import Layout
 from trainerd.publish import Publisher
 from trainerd.queue import JobRef, Queue
 from trainerd.schedule import CONSOLIDATE, Housekeeping
-from trainerd.server import HEARTBEAT_INTERVAL_S
+from trainerd.state import HEARTBEAT_INTERVAL_S
 from trainerd.stall import StallWatch
 from trainerd.systemd import Notifier
 from trainerd.tokstage import TokenStage
@@ -215,7 +215,7 @@ class Supervisor:
         an address that cannot be bound is logged and the daemon trains on without it."""
         if not self.cfg.server.enabled:
             return
-        from trainerd.server import start_server
+        from trainerd.web.server import start_server
 
         try:
             self._server = start_server(self.layout, self.cfg.server, lambda: self.heartbeat_at,
@@ -362,6 +362,7 @@ class Supervisor:
         # The dashboard's queue and model-line edits, before a claim: a job just moved to
         # high, or removed, is claimed (or not) as the user now wants.
         wishes.carry_out(self.layout, self.queue, self._event)
+        eventspool.drain(self.layout, self._event)  # uploads' intake events (trainerd.web)
         self.publisher.tick()  # reads the current pointer; hooks run on threads, never here
 
         if self.running is not None:

@@ -27,7 +27,7 @@ from trainerd import status
 from trainerd.jobs import EVALS, METRICS
 from trainerd.ledger import read_evals
 from trainerd.paths import Layout
-from trainerd.server import EVAL_SERIES, JsonlTail, eta_seconds
+from trainerd.web.series import EVAL_SERIES, JsonlTail, eta_seconds
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 40
