@@ -14,12 +14,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import chat_rows, daemon, daemon_log, make_base, wait_for, write_jsonl
 from tests.web.test_dashboard import (
     browser,  # noqa: F401  (the fixture: system Chromium via playwright)
     wait_page,
 )
-
-from tests.conftest import chat_rows, daemon, daemon_log, make_base, wait_for, write_jsonl
 from trainerd import atomic, control, history
 from trainerd.config import QueueConfig
 from trainerd.jobs import Outcome, Priority

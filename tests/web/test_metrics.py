@@ -24,8 +24,8 @@ from trainerd.jobs import Attempt, JobMeta, Outcome, Priority
 from trainerd.ledger import Ledger
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-from trainerd.state import STALE_AFTER_S
-from trainerd.web import metrics_ledger
+from trainerd.state import STALE_AFTER_S, DaemonState
+from trainerd.web import metrics, metrics_ledger
 from trainerd.web.server import start_server
 
 
@@ -189,3 +189,8 @@ def test_prometheus_metrics(server, layout, tmp_path, beat):
     p = subprocess.run([tool("promtool", "prometheus"), "check", "metrics"], input=text, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_the_daemon_state_set_names_every_state_the_enum_knows():
+    assert set(metrics.DAEMON_STATES) == {s.value for s in DaemonState}
+    assert {"error", "consolidating"} <= set(metrics.DAEMON_STATES)

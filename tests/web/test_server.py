@@ -73,6 +73,11 @@ def test_the_daemon_serves_http_and_obeys_it(tmp_path, tiny_model):
         s = wait_for(lambda: (lambda s: s if s["daemon"].get("state") == "idle" else None)(get_json(url + "api/status")),
                      timeout=30, what="daemon idle")
         assert s["daemon"]["running"] and s["daemon"]["pid"] == d.pid
+        # An upload's intake events reach state.db through the daemon (the server only spools them).
+        assert call(url + "api/queue?name=bad.jsonl", "POST", b"not json\n", auth(layout))[0] == 422
+        wait_for(lambda: "trainerd_jobs_failed_total 1.0" in call(url + "metrics")[2].decode(), timeout=30,
+                 what="the rejected upload counted from state.db")
+        assert not any((layout.run / "events").iterdir())
         assert call(url + "api/control/pause", "POST", b"{}", auth(layout))[0] == 200
         wait_for(lambda: get_json(url + "api/status")["daemon"].get("state") == "paused", timeout=30,
                  what="daemon paused")

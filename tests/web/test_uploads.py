@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 
 import pytest
 
-from tests.conftest import chat_rows
+from tests.conftest import chat_rows, wait_for
 from tests.web.helpers import auth, call, jsonl, raw_post_headers_only
+from trainerd import eventspool, history
 from trainerd.config import QueueConfig
+from trainerd.jobs import JobState
+from trainerd.ledger import Ledger
 from trainerd.queue import Queue
 
 
@@ -69,3 +73,34 @@ def test_upload_over_the_limit_is_413_before_the_body(server, layout):
     answer, _ = raw_post_headers_only(server.port, "/api/queue?name=big.jsonl",
                                       {"Content-Length": str(2**30)}, b"x")
     assert answer.startswith(b"HTTP/1.1 401")
+
+
+def test_uploads_never_write_state_db_their_events_wait_for_the_daemon(server, layout):
+    good = call(server.url + "api/queue?name=ok.jsonl", "POST", jsonl(chat_rows(2)), auth(layout))
+    bad = call(server.url + "api/queue?name=bad.jsonl", "POST", b"not json\n", auth(layout))
+    assert (good[0], bad[0]) == (201, 422)
+    assert not any(layout.base.glob("state.db*"))  # the server is not a writer of the ledger
+    ledger = Ledger(layout.state_db)  # what the supervisor does on its next pass
+    try:
+        assert eventspool.drain(layout, ledger.event) == 2
+    finally:
+        ledger.close()
+    page = history.finished(layout, (JobState.FAILED,))
+    assert [r.id for r in page.refs] == [json.loads(bad[2])["id"]]
+    code, _h, text = call(server.url + "metrics")
+    assert code == 200 and "trainerd_jobs_failed_total 1.0" in text.decode()
+
+
+def test_a_body_cut_short_is_dropped_and_leaves_nothing(server, layout):
+    """The client sends 14 of the 1000 bytes it announced, then hangs up."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall((f"POST /api/queue?name=short.jsonl HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   f"Authorization: {auth(layout)['Authorization']}\r\nContent-Length: 1000\r\n\r\n").encode()
+                  + b'{"text": "x"}\n')
+        wait_for(lambda: any((layout.run / "uploads").glob("*")), timeout=10, what="the upload to start")
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(4096):
+            pass
+    wait_for(lambda: not any((layout.run / "uploads").glob("*")), timeout=10, what="the partial upload deleted")
+    counts = Queue(layout, QueueConfig()).counts()
+    assert counts["queued"] == 0 and counts["failed"] == 0
