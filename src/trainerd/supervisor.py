@@ -162,7 +162,7 @@ class Supervisor:
         self._observer: Any = None
         self.notify = Notifier()
         self.house = Housekeeping.from_config(layout, cfg)  # snapshots, retention, consolidation
-        self._server: Any = None  # trainerd.server.ServerHandle while HTTP is up
+        self._server: Any = None  # trainerd.web.server.ServerHandle while HTTP is up
         self.heartbeat_at = time.time()  # start of the loop's last pass (/healthz, trainerd_up)
         self._started = False  # start-up writes done (see _startup)
         self.publisher = Publisher(layout, cfg, self._event)  # [publish] hooks, on their own threads

@@ -27,13 +27,16 @@ from trainerd import status
 from trainerd.jobs import EVALS, METRICS
 from trainerd.ledger import read_evals
 from trainerd.paths import Layout
+from trainerd.state import DaemonState
 from trainerd.web.series import EVAL_SERIES, JsonlTail, eta_seconds
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 40
 BAR_WIDTH = 30
-STATE_STYLE = {"training": "green", "idle": "cyan", "paused": "yellow", "paused_disk": "red", "paused_model": "red",
-               "stopped": "yellow", "starting": "cyan"}
+# Every state the daemon can be in (a str Enum: looked up by status.json's plain string).
+STATE_STYLE = {DaemonState.TRAINING: "green", DaemonState.CONSOLIDATING: "green", DaemonState.IDLE: "cyan",
+               DaemonState.STARTING: "cyan", DaemonState.PAUSED: "yellow", DaemonState.STOPPED: "yellow",
+               DaemonState.PAUSED_DISK: "red", DaemonState.PAUSED_MODEL: "red", DaemonState.ERROR: "red"}
 
 
 def sparkline(values: list[float], width: int = SPARK_WIDTH) -> str:
