@@ -51,8 +51,8 @@ from trainerd.paths import Layout
 from trainerd.publish import Publisher
 from trainerd.queue import JobRef, Queue
 from trainerd.schedule import CONSOLIDATE, Housekeeping
-from trainerd.state import HEARTBEAT_INTERVAL_S
 from trainerd.stall import StallWatch
+from trainerd.state import HEARTBEAT_INTERVAL_S
 from trainerd.systemd import Notifier
 from trainerd.tokstage import TokenStage
 
