@@ -49,7 +49,7 @@ def command(layout: Layout, sub: str, args: list[str], *, device: str = "auto",
 def check_version(layout: Layout, spec: str) -> None:
     """Fail fast, before a model loads, on a version that does not exist (NoSuchModel)."""
     from trainerd.config import load_config
-    from trainerd.worker.models import resolve  # torch-free: reads manifests only
+    from trainerd.line.refs import resolve
 
     resolve(layout, load_config(layout.config), spec)
 

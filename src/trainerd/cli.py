@@ -560,11 +560,11 @@ def _bytes(n: int) -> str:
 
 
 def _lifecycle_call(fn, *args: Any, **kw: Any) -> Any:
-    from trainerd.lifecycle import LifecycleError
+    from trainerd.line.errors import LineError
 
     try:
         return fn(*args, **kw)
-    except LifecycleError as e:
+    except LineError as e:
         _fail(str(e))
 
 
@@ -586,8 +586,8 @@ def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "-
                 show_all: bool = typer.Option(False, "--all", help="every version")) -> None:
     """Model versions, oldest first; * marks the current one, ! a damaged one."""
     from trainerd import gate
-    from trainerd.lifecycle import list_versions
-    from trainerd.worker.models import versions as version_names
+    from trainerd.line.versions import list_versions
+    from trainerd.line.versions import versions as version_names
 
     layout = _layout(base_dir)
     versions = list_versions(layout, None if show_all else limit)
@@ -618,7 +618,7 @@ def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "-
 def models_show(version: str = typer.Argument("current"), base_dir: Path = BaseDir,
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """One version with every file checked against its manifest (sha256); exit 1 if damaged."""
-    from trainerd.lifecycle import show
+    from trainerd.line.show import show
 
     info = _lifecycle_call(show, _layout(base_dir), version)
     if as_json:
@@ -675,7 +675,7 @@ def models_rollback(version: str = typer.Argument(..., help="vNNNN, or base"), b
                                                "though its parent is no longer current")) -> None:
     """Make VERSION current; nothing is deleted. The next job trains from it. A version the
     eval gate held becomes current as a recorded override."""
-    from trainerd.lifecycle import rollback
+    from trainerd.line.rollback import rollback
 
     layout = _layout(base_dir)
     r = _lifecycle_call(rollback, layout, version, force=force)
@@ -694,7 +694,7 @@ def models_export(
     base_dir: Path = BaseDir,
 ) -> None:
     """Copy a version out, loadable with plain transformers / peft."""
-    from trainerd.lifecycle import export
+    from trainerd.line.export import export
 
     r = _lifecycle_call(export, _layout(base_dir), version, dest, merged)
     out.print(f"exported {r['version']} ({r['kind']}{', merged' if r.get('merged') else ''}) to {r['path']}")
@@ -705,7 +705,7 @@ def models_export(
 @models_app.command("snapshot")
 def models_snapshot(base_dir: Path = BaseDir) -> None:
     """Snapshot the current version now, into snapshots/<today>/ (once per day)."""
-    from trainerd.lifecycle import snapshot
+    from trainerd.line.snapshots import snapshot
 
     r = _lifecycle_call(snapshot, _layout(base_dir))
     out.print(f"{r['status']}: {r.get('path') or r.get('same_as') or r.get('reason')}")
@@ -719,7 +719,7 @@ def gc(
 ) -> None:
     """Apply \\[retention]: old versions, snapshots, done jobs' data. Never the current
     version, its chain back to the last full version, or what a snapshot needs."""
-    from trainerd.lifecycle import gc as collect
+    from trainerd.line.retention import gc as collect
 
     layout = _layout(base_dir)
     try:
@@ -753,7 +753,7 @@ Device = typer.Option("auto", "--device", help="auto, cpu or cuda; a GPU that is
 def _ask(base_dir: Path, versions: list[str], device: str) -> Layout:
     """The checks that need no model, before a child process loads one (trainerd.ask)."""
     from trainerd.ask import check_version
-    from trainerd.worker.models import NoSuchModel
+    from trainerd.line.refs import NoSuchModel
 
     layout = _layout(base_dir)
     if device not in ("auto", "cpu", "cuda"):

@@ -28,9 +28,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
-from trainerd import __version__, control, forgetting, lock
+from trainerd import __version__, control, lock
 from trainerd.control import Desired
 from trainerd.jobs import PROGRESS_JSON, JobMeta, JobState
+from trainerd.line import forgetting
 from trainerd.paths import PRIORITIES
 from trainerd.state import STALE_AFTER_S, DaemonState
 from trainerd.web.common import num, read_json_obj

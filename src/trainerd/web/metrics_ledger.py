@@ -18,9 +18,9 @@ from prometheus_client.metrics_core import Metric
 from trainerd import atomic
 from trainerd.history import TRAINED_EVENT
 from trainerd.ledger import open_ro
+from trainerd.line.versions import version_number
 from trainerd.paths import Layout
 from trainerd.web.common import num, read_json_obj
-from trainerd.worker.models import _version_number  # torch-free at import
 
 # A job's training time, summed over its attempts: minutes for a small file, a day for a big one.
 DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
@@ -46,10 +46,6 @@ def gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
     if num(value) is not None:
         g.add_metric([], float(value))
     return g
-
-
-def version_number(name: str | None) -> int | None:
-    return _version_number(name) if name else None
 
 
 def ledger_counts(con: sqlite3.Connection) -> dict[str, float]:

@@ -17,10 +17,11 @@ from typing import Any
 
 from prometheus_client import Histogram
 
-from trainerd import __version__, forgetting, gate, history, status
+from trainerd import __version__, gate, history, status
 from trainerd.config import DataMapConfig, QueueConfig, ServerConfig
 from trainerd.jobs import ERROR_JSON, EVALS, JOB_JSON, METRICS, PROGRESS_JSON, JobMeta, JobState
 from trainerd.ledger import read_evals
+from trainerd.line import forgetting
 from trainerd.paths import Layout
 from trainerd.queue import JOB_ID, JobRef, Queue, QueueError
 from trainerd.state import STALE_AFTER_S, DaemonState
