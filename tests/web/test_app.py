@@ -4,6 +4,7 @@ that would load a CDN, errors as {"error": ...}, and the shapes the old server h
 from __future__ import annotations
 
 import json
+import shutil
 
 from tests.web.helpers import call, get_json
 
@@ -45,3 +46,11 @@ def test_every_answer_carries_the_safety_headers(server):
         _code, headers, _b = call(server.url + path)
         assert headers["Cache-Control"] == "no-store" and headers["X-Content-Type-Options"] == "nosniff", path
         assert headers["Server"].startswith("trainerd/"), path
+
+
+def test_an_internal_error_is_one_json_500_and_the_server_goes_on(server, layout):
+    shutil.rmtree(layout.base)  # everything the answers read is gone, the disk usage too
+    code, headers, body = call(server.url + "api/status")
+    assert code == 500 and json.loads(body)["error"].startswith("internal error: FileNotFoundError")
+    assert headers["Cache-Control"] == "no-store"
+    assert call(server.url + "healthz")[0] == 200  # the next request is answered as ever

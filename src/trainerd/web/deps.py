@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Any
 
 from fastapi import Request
@@ -20,6 +21,8 @@ from trainerd import __version__
 from trainerd.web.common import HttpError
 from trainerd.web.reads import Reader
 from trainerd.web.tokens import read_token
+
+log = logging.getLogger("trainerd.web")
 
 CONTROL_BODY_MAX = 16 * 1024  # {"reason": ...} never needs more
 LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
@@ -118,7 +121,26 @@ class Guard:
                 msg = {**msg, "headers": [(_canonical(k), v) for k, v in msg.get("headers", [])] + extra}
             await send(msg)
 
-        await self.app(scope, receive_counted, send_with_headers)
+        started = False
+
+        async def send_tracked(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send_with_headers(msg)
+
+        try:
+            await self.app(scope, receive_counted, send_tracked)
+        except Exception as e:
+            # One request fails; the daemon goes on. Answered here (not by Starlette's
+            # outermost handler) so the traceback is logged once and the answer is JSON.
+            log.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=e)
+            if started:
+                raise  # half an answer was sent: the server closes the connection
+            body = json.dumps({"error": f"internal error: {type(e).__name__}: {e}"}).encode()
+            read_all = False  # whatever the body was, do not read on
+            await send_with_headers({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send_with_headers({"type": "http.response.body", "body": body})
 
 
 def _canonical(name: bytes) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,8 +11,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from trainerd.web.common import HttpError, jsonable
-
-log = logging.getLogger("trainerd.web")
 
 
 class JSON(JSONResponse):
@@ -56,9 +53,3 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSON:
         return error(400, _validation_message(exc))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSON:
-        # One request fails; the daemon goes on. Logged here with its traceback.
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error(500, f"internal error: {type(exc).__name__}: {exc}")
