@@ -9,27 +9,17 @@ from pathlib import Path
 import typer
 
 from trainerd.cli.base import BaseDir, fail, layout_of, out
-from trainerd.config import ConfigError
 from trainerd.paths import Layout
 
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda; a GPU that is training is never shared")
 
 
-def _ask(base_dir: Path, versions: list[str], device: str) -> Layout:
-    """The checks that need no model, before a child process loads one (trainerd.ask)."""
-    from trainerd.ask import check_version
-    from trainerd.worker.models import NoSuchModel
-
+def _ask(base_dir: Path, device: str) -> Layout:
+    """The checks this process can make; the child (trainerd.ask runs trainerd.worker.generate)
+    checks the config and the versions before it imports torch, and says why with exit 2."""
     layout = layout_of(base_dir)
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device {device}: expected auto, cpu or cuda")
-    for v in versions:
-        try:
-            check_version(layout, v)
-        except NoSuchModel as e:
-            fail(str(e), 2)
-        except ConfigError as e:
-            fail(str(e), 2)
     return layout
 
 
@@ -46,7 +36,7 @@ def generate(
     """Ask a model version: one answer per prompt, with its chat template, streamed."""
     from trainerd import ask
 
-    layout = _ask(base_dir, [version], device)
+    layout = _ask(base_dir, device)
     args = ["--version", version, *(["--file", str(file)] if file else []), *(["--json"] if as_json else []),
             "--", *(prompts or [])]
     raise typer.Exit(ask.run_attached(ask.command(layout, "generate", args, device=device,
@@ -63,7 +53,7 @@ def chat(
     """Talk to a version, one stdin line per turn (a pipe works; EOF ends). /reset, /version V, /quit."""
     from trainerd import ask
 
-    layout = _ask(base_dir, [version], device)
+    layout = _ask(base_dir, device)
     raise typer.Exit(ask.run_attached(ask.command(layout, "chat", ["--version", version], device=device,
                                                   max_new_tokens=max_new_tokens, temperature=temperature)))
 
@@ -84,7 +74,7 @@ def compare(
     from trainerd import ask
     from trainerd.jobs import child_env
 
-    layout = _ask(base_dir, [a, b], device)
+    layout = _ask(base_dir, device)
     args = [a, b, *(["--probe", str(probe.resolve())] if probe else []),
             *(["--prompts", str(prompts.resolve())] if prompts else [])]
     p = subprocess.run(ask.command(layout, "compare", args, device=device, max_new_tokens=max_new_tokens),

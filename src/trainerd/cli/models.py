@@ -4,6 +4,7 @@ versions (trainerd.lifecycle does the work; this prints it)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from trainerd import children
 from trainerd.cli.base import BaseDir, ago, err, fail, human_bytes, layout_of, loss, out
 from trainerd.config import ConfigError, load_config
 from trainerd.paths import Layout
@@ -23,6 +25,13 @@ def _lifecycle_call(fn, *args: Any, **kw: Any) -> Any:
         return fn(*args, **kw)
     except LifecycleError as e:
         fail(str(e))
+
+
+def _child(fn, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except children.ChildFailed as e:
+        fail(str(e), e.exit_code)
 
 
 def _record(layout: Layout, kind: str, **data: Any) -> None:
@@ -147,9 +156,14 @@ def models_export(
     base_dir: Path = BaseDir,
 ) -> None:
     """Copy a version out, loadable with plain transformers / peft."""
-    from trainerd.lifecycle import export
+    layout = layout_of(base_dir)
+    if merged:  # loads the model: the worker's code, in a child (this process never imports torch)
+        r = _child(children.run, [sys.executable, "-m", "trainerd.worker.export", "--base-dir", str(layout.base),
+                                  version, str(dest)], f"exporting {version} merged")
+    else:
+        from trainerd.lifecycle import export
 
-    r = _lifecycle_call(export, layout_of(base_dir), version, dest, merged)
+        r = _lifecycle_call(export, layout, version, dest)
     out.print(f"exported {r['version']} ({r['kind']}{', merged' if r.get('merged') else ''}) to {r['path']}")
     if r.get("base") and not r.get("merged"):
         out.print(f"loads on {r['base']} (written into adapter_config.json)")

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from trainerd import children
 from trainerd.cli.base import BaseDir, busy, err, fail, layout_of, loss, out, progress
 from trainerd.config import ConfigError, DataMapConfig, load_config
 from trainerd.paths import Layout
@@ -28,9 +29,12 @@ def init(
     """Create the base dir layout and a commented trainerd.toml."""
     from trainerd.bootstrap import copy_samples, init_base
 
-    with progress("warming the tiny model", warm_steps if tiny_model else 0) as step:
-        info = init_base(base_dir, tiny_model=tiny_model, base_model=base_model,
-                         warm_steps=warm_steps, force=force, on_step=step)
+    try:
+        with progress("warming the tiny model", warm_steps if tiny_model else 0) as step:
+            info = init_base(base_dir, tiny_model=tiny_model, base_model=base_model,
+                             warm_steps=warm_steps, force=force, on_step=step)
+    except children.ChildFailed as e:
+        fail(str(e), e.exit_code)
     out.print(f"base dir: {info['base_dir']}\nconfig:   {info['config']}")
     if "tiny_model" in info:
         t = info["tiny_model"]

@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     run = {"generate": cmd_generate, "chat": cmd_chat, "compare": cmd_compare}[args.cmd]
     try:
         cfg = load_config(layout.config)
+        for spec in (args.a, args.b) if args.cmd == "compare" else (args.version,):
+            resolve(layout, cfg, spec)  # a wrong version fails fast: before torch or a model loads
         with device_for(layout, args.device) as device:
             return run(layout, cfg, args, device)
     except GpuBusy as e:
