@@ -2,7 +2,7 @@
 
 `trainerd generate / chat / compare` and `POST /api/generate` / `/api/compare` all run
 `python -m trainerd.worker.generate` (the worker package's code) in a child process: the
-CLI and the daemon never import torch (DESIGN.md), so the daemon's memory never holds a
+CLI and the daemon never import torch (docs/ARCHITECTURE.md), so the daemon's memory never holds a
 model and a crash while generating is that child's, never the daemon's.
 
 The dashboard's choices (docs/SERVING.md, docs/DECISIONS.md):
