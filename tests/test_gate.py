@@ -85,7 +85,7 @@ def test_block_holds_a_contradicting_job_and_rollback_overrides(tmp_path, tiny_m
     with sqlite3.connect(layout.state_db) as db:
         kinds = [json.loads(d)["action"] for (d,) in db.execute("SELECT data FROM events WHERE kind = 'gate'")]
     assert kinds == ["current", "held"]
-    from trainerd.lifecycle import replay_pool
+    from trainerd.line.replay import replay_pool
 
     assert [p.parent.name for p in replay_pool(layout)] == [good["id"]]  # held data is not replayed
 

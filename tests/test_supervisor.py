@@ -312,7 +312,7 @@ def test_a_skip_that_lands_after_the_worker_published_does_not_fail_the_job(tmp_
 
     from trainerd import atomic, control
     from trainerd.jobs import JobState
-    from trainerd.worker import models
+    from trainerd.line.refs import set_current
 
     sup = _supervisor_with_worker(tmp_path, 0)
     sup.worker_cmd = [sys.executable, "-c", "import time; time.sleep(60)"]  # no handler: dies by SIGTERM
@@ -323,7 +323,7 @@ def test_a_skip_that_lands_after_the_worker_published_does_not_fail_the_job(tmp_
     (v / "adapter_model.safetensors").write_bytes(b"w")
     atomic.write_manifest(v, {"version": "v0001", "parent": "base", "kind": "adapter", "base": "x",
                               "jobs": [{"id": ref.id}], "created_at": time.time()})
-    models.set_current(sup.layout, "v0001")
+    set_current(sup.layout, "v0001")
     control.request_skip(sup.layout, ref.id, None)
     wish = control.read_wish(sup.layout)
     sup._watch_worker(wish, False, False)  # sends the stop for the skip

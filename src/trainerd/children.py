@@ -8,8 +8,9 @@ through untouched. The parent's side, `run`, returns the result or raises ChildF
 with the child's own sentence and exit status, so the user reads what an in-process call
 would have said.
 
-Used by `trainerd init --tiny-model` (trainerd.worker.tiny) and `trainerd models export
---merged` (trainerd.worker.export). `generate`/`chat`/`compare` (trainerd.ask) and
+Used by `trainerd init --tiny-model` (trainerd.bootstrap starts trainerd.worker.tiny) and
+`trainerd models export --merged` (trainerd.line.export starts `trainerd.worker.consolidate
+--export`). `generate`/`chat`/`compare` (trainerd.ask) and
 `validate -b` (trainerd.worker.tokenize --check) talk to their children in formats of
 their own: streamed text, and one verdict per file.
 """

@@ -20,26 +20,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from trainerd import atomic
+from trainerd.config import GateConfig
 from trainerd.paths import Layout
 
 OVERRIDES = "gate-overrides.json"  # in models/: held versions someone made current anyway
-
-
-class GateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    mode: Literal["off", "warn", "block"] = Field(
-        "warn", description="off: no gate; warn: publish and flag a regression; block: hold it")
-    max_probe_regression: float = Field(
-        0.05, ge=0, description="relative rise in probe loss allowed versus the parent version")
-    max_exact_match_drop: float = Field(0.05, ge=0, le=1, description="absolute drop in probe exact match")
-    max_recall_regression: float = Field(
-        0.10, ge=0, description="relative rise in the mean recall loss on earlier jobs' samples")
 
 
 def _rel(new: float, old: float) -> float:

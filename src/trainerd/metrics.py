@@ -37,8 +37,8 @@ from trainerd.control import Desired
 from trainerd.history import TRAINED_EVENT
 from trainerd.jobs import PROGRESS_JSON, JobMeta, JobState
 from trainerd.ledger import open_ro
+from trainerd.line.versions import version_number as _version_number
 from trainerd.paths import PRIORITIES, Layout
-from trainerd.worker.models import _version_number  # torch-free at import
 
 if TYPE_CHECKING:
     from trainerd.server import App
@@ -202,7 +202,7 @@ class TrainerdCollector(Collector):
             du = None
         yield gauge("trainerd_disk_free_bytes", "Free bytes on the base dir's filesystem", du and du.free)
         yield gauge("trainerd_disk_total_bytes", "Size of the base dir's filesystem", du and du.total)
-        from trainerd.forgetting import (
+        from trainerd.line.forgetting import (
             line_metrics,  # gate flags, backward transfer (docs/EVALS.md)
         )
 

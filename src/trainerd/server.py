@@ -554,7 +554,8 @@ class App:
     def models(self, query: dict[str, str]) -> dict[str, Any]:
         """The newest `limit` versions (default 50): months of training make hundreds; with
         the forgetting matrix and the gate's overrides (docs/EVALS.md)."""
-        from trainerd import forgetting, gate
+        from trainerd import gate
+        from trainerd.line import forgetting
 
         try:
             limit = max(1, min(int(query.get("limit", "50")), 5000))

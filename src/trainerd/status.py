@@ -28,7 +28,6 @@ from trainerd.jobs import (
     token_counts,
 )
 from trainerd.paths import Layout
-from trainerd.publish import PUBLISH_JSON
 from trainerd.queue import JobRef, Queue
 
 STALE_HEARTBEATS = 5  # "not responding" after this many missed heartbeats
@@ -168,14 +167,14 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
         "done": [job_summary(r) for r in done],
         "failed": [job_summary(r) for r in failed],
         "model": current_model(layout),
-        "publish": _read(layout.run / PUBLISH_JSON),  # [publish] hooks' last outcomes (trainerd.publish)
+        "publish": _read(layout.publish_json),  # [publish] hooks' last outcomes (trainerd.publish)
     }
 
 
 
 def model_versions(layout: Layout, limit: int | None = None) -> list[dict[str, Any]]:
     """Versions oldest first; the newest `limit` of them when given (months make hundreds)."""
-    from trainerd.worker.models import versions  # torch-free at import
+    from trainerd.line.versions import versions
 
     out = []
     for n in versions(layout)[-limit:] if limit else versions(layout):

@@ -495,7 +495,7 @@ class Supervisor:
 
     def _published(self, ref: JobRef) -> bool:
         """Is this job already in the current model version (the worker's own retry check)?"""
-        from trainerd.worker.models import published_version  # torch-free at import
+        from trainerd.line.refs import published_version
 
         try:
             return published_version(self.layout, self.cfg, ref.meta()) is not None
@@ -628,7 +628,7 @@ class Supervisor:
         """The publish line in the log and the ledger's `trained` event: what the /metrics
         counters and the duration histogram sum, kept after the job is removed."""
         from trainerd.history import TRAINED_EVENT, trained_event
-        from trainerd.worker.models import published_version  # torch-free at import
+        from trainerd.line.refs import published_version
 
         try:
             version = published_version(self.layout, self.cfg, meta)
@@ -642,7 +642,7 @@ class Supervisor:
     def _record_gate(self, ref: JobRef, meta: JobMeta) -> None:
         """The version the job published and the eval gate's decision, into job.json and
         state.db (the version's manifest holds the original)."""
-        from trainerd.forgetting import version_of_job
+        from trainerd.line.forgetting import version_of_job
 
         found = version_of_job(self.layout, ref.id)
         if found is None:

@@ -1,6 +1,6 @@
 """`trainerd models ...` (trainerd/cli/models.py): `export --merged` merges in a child
-process (trainerd.worker.export) and says the child's own sentences; this process never
-imports torch."""
+process (trainerd.line.export starts `trainerd.worker.consolidate --export`); this process
+never imports torch."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_a_merged_export_runs_in_a_child_and_its_refusal_is_the_same_sentence(tr
     man = json.loads((dest / "manifest.json").read_text())
     assert (man["merged_from"], man["kind"]) == ("v0002", "full") and (dest / "config.json").is_file()
     assert heavy == []
-    # Refused by trainerd.lifecycle inside the child: the sentence and exit 1, as in-process.
+    # Refused before any child starts (trainerd.line.export.check_export): the sentence, exit 1.
     p, heavy = trainerd_watched(tmp_path / "again.json", "models", "export", "v0002", dest, "--merged",
                                 "--base-dir", base)
     assert p.returncode == 1

@@ -1,10 +1,9 @@
 """`trainerd models list/show/rollback/export/snapshot` and `trainerd gc`: the line of model
-versions (trainerd.lifecycle does the work; this prints it)."""
+versions (trainerd.line does the work; this prints it)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +11,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trainerd import children
 from trainerd.cli.base import BaseDir, ago, err, fail, human_bytes, layout_of, loss, out
 from trainerd.config import ConfigError, load_config
 from trainerd.paths import Layout
 
 
-def _lifecycle_call(fn, *args: Any, **kw: Any) -> Any:
-    from trainerd.lifecycle import LifecycleError
+def _line_call(fn, *args: Any, **kw: Any) -> Any:
+    from trainerd.line.errors import LineError
 
     try:
         return fn(*args, **kw)
-    except LifecycleError as e:
+    except LineError as e:
         fail(str(e))
-
-
-def _child(fn, *args: Any, **kw: Any) -> Any:
-    try:
-        return fn(*args, **kw)
-    except children.ChildFailed as e:
-        fail(str(e), e.exit_code)
 
 
 def _record(layout: Layout, kind: str, **data: Any) -> None:
@@ -51,8 +42,8 @@ def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "-
                 show_all: bool = typer.Option(False, "--all", help="every version")) -> None:
     """Model versions, oldest first; * marks the current one, ! a damaged one."""
     from trainerd import gate
-    from trainerd.lifecycle import list_versions
-    from trainerd.worker.models import versions as version_names
+    from trainerd.line.versions import list_versions
+    from trainerd.line.versions import versions as version_names
 
     layout = layout_of(base_dir)
     versions = list_versions(layout, None if show_all else limit)
@@ -82,9 +73,9 @@ def models_list(base_dir: Path = BaseDir, as_json: bool = typer.Option(False, "-
 def models_show(version: str = typer.Argument("current"), base_dir: Path = BaseDir,
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """One version with every file checked against its manifest (sha256); exit 1 if damaged."""
-    from trainerd.lifecycle import show
+    from trainerd.line.show import show
 
-    info = _lifecycle_call(show, layout_of(base_dir), version)
+    info = _line_call(show, layout_of(base_dir), version)
     if as_json:
         out.print_json(json.dumps(info, default=str))
     else:
@@ -138,10 +129,10 @@ def models_rollback(version: str = typer.Argument(..., help="vNNNN, or base"), b
                                                "though its parent is no longer current")) -> None:
     """Make VERSION current; nothing is deleted. The next job trains from it. A version the
     eval gate held becomes current as a recorded override."""
-    from trainerd.lifecycle import rollback
+    from trainerd.line.rollback import rollback
 
     layout = layout_of(base_dir)
-    r = _lifecycle_call(rollback, layout, version, force=force)
+    r = _line_call(rollback, layout, version, force=force)
     _record(layout, "gate_override" if r.get("override") else "rollback", **r)
     if r.get("override"):
         out.print(f"override: {r['to']} was held by the eval gate ({escape(str(r.get('verdict')))})", highlight=False)
@@ -156,14 +147,9 @@ def models_export(
     base_dir: Path = BaseDir,
 ) -> None:
     """Copy a version out, loadable with plain transformers / peft."""
-    layout = layout_of(base_dir)
-    if merged:  # loads the model: the worker's code, in a child (this process never imports torch)
-        r = _child(children.run, [sys.executable, "-m", "trainerd.worker.export", "--base-dir", str(layout.base),
-                                  version, str(dest)], f"exporting {version} merged")
-    else:
-        from trainerd.lifecycle import export
+    from trainerd.line.export import export  # --merged: the merge runs in a worker child
 
-        r = _lifecycle_call(export, layout, version, dest)
+    r = _line_call(export, layout_of(base_dir), version, dest, merged)
     out.print(f"exported {r['version']} ({r['kind']}{', merged' if r.get('merged') else ''}) to {r['path']}")
     if r.get("base") and not r.get("merged"):
         out.print(f"loads on {r['base']} (written into adapter_config.json)")
@@ -171,9 +157,9 @@ def models_export(
 
 def models_snapshot(base_dir: Path = BaseDir) -> None:
     """Snapshot the current version now, into snapshots/<today>/ (once per day)."""
-    from trainerd.lifecycle import snapshot
+    from trainerd.line.snapshots import snapshot
 
-    r = _lifecycle_call(snapshot, layout_of(base_dir))
+    r = _line_call(snapshot, layout_of(base_dir))
     out.print(f"{r['status']}: {r.get('path') or r.get('same_as') or r.get('reason')}")
 
 
@@ -184,14 +170,14 @@ def gc(
 ) -> None:
     """Apply \\[retention]: old versions, snapshots, done jobs' data. Never the current
     version, its chain back to the last full version, or what a snapshot needs."""
-    from trainerd.lifecycle import gc as collect
+    from trainerd.line.retention import gc as collect
 
     layout = layout_of(base_dir)
     try:
         policy = load_config(layout.config).retention
     except ConfigError as e:
         fail(str(e), 2)
-    plan = _lifecycle_call(collect, layout, policy, dry_run)
+    plan = _line_call(collect, layout, policy, dry_run)
     if not dry_run:
         _record(layout, "gc", items=len(plan.delete), freed=plan.freed, errors=plan.errors)
     if as_json:

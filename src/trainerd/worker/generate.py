@@ -32,9 +32,9 @@ from typing import Any, TextIO
 from trainerd.config import Config, ConfigError, load_config
 from trainerd.formats import Chat, FormatError, PromptCompletion, Text, parse
 from trainerd.gpugate import BUSY_EXIT, GpuBusy, generation_hold
+from trainerd.line.refs import ModelRef, NoSuchModel, resolve
 from trainerd.paths import Layout
 from trainerd.worker.chat import TemplateRefused
-from trainerd.worker.models import ModelRef, NoSuchModel, resolve
 
 log = logging.getLogger("trainerd.worker.generate")
 

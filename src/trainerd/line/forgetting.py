@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trainerd import atomic
+from trainerd.line.versions import versions
 from trainerd.paths import Layout
 
 RECALL_DIR = "recall"
@@ -38,12 +39,6 @@ def _man(layout: Layout, name: str) -> dict[str, Any] | None:
         return m if isinstance(m, dict) else None
     except (OSError, ValueError):
         return None
-
-
-def _versions(layout: Layout) -> list[str]:
-    from trainerd.worker.models import versions  # torch-free at import
-
-    return versions(layout)
 
 
 def line_jobs(layout: Layout, version: str | None) -> list[str]:
@@ -74,7 +69,7 @@ def window(layout: Layout, parent: str | None, job_id: str, n: int) -> list[str]
 def version_of_job(layout: Layout, job_id: str) -> tuple[str, dict[str, Any]] | None:
     """The version the job's own publish made (current, held or neither), with its manifest;
     a consolidation that later merged it is not that version."""
-    for name in reversed(_versions(layout)):
+    for name in reversed(versions(layout)):
         man = _man(layout, name)
         if man and "consolidated" not in man and any(j.get("id") == job_id for j in man.get("jobs") or []):
             return name, man
@@ -108,7 +103,7 @@ def matrix(layout: Layout, manifests: list[tuple[str, dict[str, Any]]] | None = 
     jobs: list[str] = []
     names: dict[str, str] = {}
     if manifests is None:
-        listed = _versions(layout)
+        listed = versions(layout)
         manifests = [(n, _man(layout, n) or {}) for n in (listed[-last:] if last else listed)]
     for name, man in manifests:
         if not man or "scores" not in man:
