@@ -39,7 +39,7 @@ BAR_WIDTH = 30
 # drawn white by accident. An unknown string (another daemon version) is drawn white.
 STATE_STYLE: dict[DaemonState, str] = {
     DaemonState.STARTING: "cyan", DaemonState.IDLE: "cyan", DaemonState.TRAINING: "green",
-    DaemonState.CONSOLIDATING: "cyan", DaemonState.PAUSED: "yellow", DaemonState.PAUSED_DISK: "red",
+    DaemonState.CONSOLIDATING: "green", DaemonState.PAUSED: "yellow", DaemonState.PAUSED_DISK: "red",
     DaemonState.PAUSED_MODEL: "red", DaemonState.ERROR: "red", DaemonState.STOPPED: "yellow",
 }
 
