@@ -219,16 +219,7 @@ def test_housework_waits_while_not_allowed(tmp_path):
     assert line_state(layout).kind == "full"  # nothing to consolidate either
 
 
-def _supervisor_wired() -> bool:
-    import inspect
-
-    from trainerd import supervisor
-
-    return "Housekeeping" in inspect.getsource(supervisor)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _supervisor_wired(), reason="the supervisor does not call Housekeeping yet")
 def test_the_daemon_consolidates_when_idle_and_trains_on(tmp_path, tiny_model):
     from tests.conftest import chat_rows, cli, make_base, write_jsonl
 

@@ -84,6 +84,21 @@ def decide(cfg: GateConfig, cand: dict[str, Any], parent: dict[str, Any], parent
             "verdict": f"{word}: {why}" if why else f"{word} (vs {parent_name})"}
 
 
+def preempted_hold(parent: str, current: str, current_jobs: list[str], preempted_by: str | None,
+                   scored: dict[str, Any] | None) -> dict[str, Any]:
+    """The hold record of a preempted job's version (queue.preempt): it resumed exactly and
+    trained from `parent`, but `current` became current meanwhile, so making it current
+    would drop what `current` learned. Held as the gate holds a regression, with the gate's
+    own scores kept (`scored`), until `trainerd models rollback V --force`."""
+    g = dict(scored or {})
+    who = ", ".join(f"job {j}" + (", which preempted it" if j == preempted_by else "") for j in current_jobs)
+    why = f"trained from {parent}; {current}{f' ({who})' if who else ''} became current meanwhile"
+    return {**g, "mode": g.get("mode", "off"), "result": g.get("result", "none"), "action": "held",
+            "parent": parent, "reasons": [why, *g.get("reasons", [])], "unknown": g.get("unknown", []),
+            "measured": g.get("measured", {}), "held_for": "preempted", "at": time.time(),
+            "verdict": f"held: {why}"}
+
+
 # ------------------------------------------------------------------ the line's view
 def of_manifest(man: dict[str, Any] | None) -> dict[str, Any] | None:
     g = (man or {}).get("gate")

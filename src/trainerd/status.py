@@ -29,6 +29,7 @@ from trainerd.jobs import (
 )
 from trainerd.paths import Layout
 from trainerd.queue import JobRef, Queue
+from trainerd.state import parse as parse_state
 
 STALE_HEARTBEATS = 5  # "not responding" after this many missed heartbeats
 
@@ -137,7 +138,10 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
             daemon.update(paused_reason=st.get("paused_reason"), inbox=st.get("inbox"))
             age = now - float(st.get("heartbeat_at", 0))
             interval = float(st.get("heartbeat_seconds", 2))
-            daemon.update(state=st.get("state"), heartbeat_age=age,
+            known = parse_state(st.get("state"))
+            # status.json names a DaemonState; another daemon version's unknown state is
+            # shown as it is written rather than guessed.
+            daemon.update(state=known.value if known is not None else st.get("state"), heartbeat_age=age,
                           responding=age <= STALE_HEARTBEATS * max(interval, 1.0),
                           loop_errors=st.get("loop_errors"))
     wish = control.read_wish(layout)

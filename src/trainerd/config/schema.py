@@ -90,6 +90,11 @@ class QueueConfig(_Section):
     max_file_mb: float = Field(4096, gt=0, description="larger inbox files are rejected")
     poll_seconds: float = Field(1.0, gt=0, le=60, description="how often the daemon looks at inbox/ and "
                                 "control/ without inotify")
+    preempt: bool = Field(
+        False, description="true: a queued job of higher priority stops the running lower one at its next "
+        "step (checkpointed, first again in its queue, not an attempt); the stopped one resumes exactly "
+        "but is published held, since the other became current meanwhile (`models rollback V --force`). "
+        "Off by default for that reason (docs/DECISIONS.md)")
 
     def backoff_after(self, failed_attempts: int) -> float:
         if not self.backoff_seconds or failed_attempts <= 0:

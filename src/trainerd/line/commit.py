@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainerd import __version__, atomic
+from trainerd import __version__, atomic, gate
 from trainerd.config import load_config
 from trainerd.jobs import JobMeta
 from trainerd.line.lock import models_lock
@@ -27,14 +27,22 @@ Save = Callable[[Path], str]
 
 
 def commit(layout: Layout, save: Save, parent: ModelRef, meta: JobMeta,
-           extra: dict[str, Any] | None = None, make_current: bool = True) -> str:
+           extra: dict[str, Any] | None = None, make_current: bool = True,
+           preempted_by: str | None = None) -> str:
     """Write the next version from `save` and make it current, atomically
     (make_current=False: the eval gate holds it; it is written and verified, not current).
 
     Under the models lock (snapshot, gc, rollback, consolidation take it too): the version
-    is numbered, and `current` moves, only if it is still the parent this job trained from."""
+    is numbered, and `current` moves, only if it is still the parent this job trained from.
+    A job a higher-priority one preempted (`preempted_by`, queue.preempt) whose parent is no
+    longer current is written held instead (docs/DECISIONS.md)."""
     with models_lock(layout, f"publish {meta.id}", timeout=600):
         now = current(layout, load_config(layout.config))
+        if now.version != parent.version and preempted_by is not None:
+            jobs = [str(j.get("id")) for j in now.manifest.get("jobs", [])]
+            extra = {**(extra or {}), "gate": gate.preempted_hold(parent.version, now.version, jobs, preempted_by,
+                                                                  (extra or {}).get("gate"))}
+            return _commit_locked(layout, save, parent, meta, extra, make_current=False)
         if now.version != parent.version:
             raise RuntimeError(f"current moved from {parent.version} to {now.version} while {meta.id} trained; "
                                "not publishing over it (the retry trains from the new current)")
@@ -69,8 +77,8 @@ def _commit_locked(layout: Layout, save: Save, parent: ModelRef, meta: JobMeta,
     if not make_current:
         # Held: read back and hashed now, so a later override makes a sound version current.
         atomic.verify_manifest(layout.models / name, check_hashes=True)
-        log.info("wrote %s (parent %s), held by the eval gate: current stays %s", name, parent.version,
-                 parent.version)
+        log.info("wrote %s (parent %s), held: current does not move (%s)", name, parent.version,
+                 ((extra or {}).get("gate") or {}).get("verdict", "the eval gate"))
         return name
     set_current(layout, name)
     log.info("published %s (parent %s)", name, parent.version)

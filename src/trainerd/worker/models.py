@@ -96,10 +96,12 @@ def load_for_training(ref: ModelRef, cfg: TrainConfig):
 
 
 def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
-            extra: dict[str, Any] | None = None, make_current: bool = True) -> str:
+            extra: dict[str, Any] | None = None, make_current: bool = True,
+            preempted_by: str | None = None) -> str:
     """Write the trained weights as the next version and make it current, atomically
-    (make_current=False: the eval gate holds it; it is written and verified, not current).
-    The numbering, manifest and pointer are trainerd.line.commit's."""
+    (make_current=False: the eval gate holds it; it is written and verified, not current;
+    `preempted_by`: see trainerd.line.commit). The numbering, manifest and pointer are
+    trainerd.line.commit's."""
     import torch
 
     bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
@@ -111,4 +113,4 @@ def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: 
         tokenizer.save_pretrained(folder)
         return "adapter" if hasattr(model, "peft_config") else "full"
 
-    return commit(layout, save, parent, meta, extra, make_current)
+    return commit(layout, save, parent, meta, extra, make_current, preempted_by)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from trainerd import __version__, atomic, guards
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
-from trainerd.line.refs import current, published_version
+from trainerd.line.refs import NoSuchModel, current, published_version, resolve
 from trainerd.line.replay import REPLAY_JSONL, replay_for_job
 from trainerd.paths import Layout
 from trainerd.worker import checkpoints, heartbeat, models, preflight
@@ -366,6 +366,17 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         return ExitCode.FINISHED
 
     parent = current(layout, cfg)
+    was = checkpoints.trained_on(job_dir) if meta.preempted_by else None
+    if was is not None and was != parent.version:
+        # queue.preempt: resume exactly, on the version it trained from; published held, since
+        # the job that preempted it moved current meanwhile (docs/DECISIONS.md). A version gone
+        # since (gc) leaves current, and its checkpoint is set aside as after any move.
+        try:
+            parent = resolve(layout, cfg, was)
+            log.info("%s was preempted by %s; resuming on %s (current is %s)", meta.id, meta.preempted_by,
+                     was, current(layout, cfg).version)
+        except NoSuchModel as e:
+            log.warning("%s: cannot resume on %s (%s); training from current", meta.id, was, e)
     # The daemon's preflight, again here: a model that vanished or a template that raises
     # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
     tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
@@ -465,7 +476,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                                   "dropped": tok.dropped, "truncated": tok.truncated,
                                   "final_loss": progress.last.get("loss"), "replay": replay, **scored,
                                   "line_step": lineboard.offset(parent) + trainer.state.global_step},
-                                 make_current=not held)
+                                 make_current=not held, preempted_by=meta.preempted_by)
         log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
         checkpoints.clear(job_dir)
     return ExitCode.FINISHED
