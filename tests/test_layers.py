@@ -42,3 +42,18 @@ def test_a_lazy_torch_import_outside_the_worker_breaks_them(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "trainerd.line.versions -> torch" in r.stdout, r.stdout
     assert "trainerd.gate is not allowed to import trainerd.supervisor" in r.stdout, r.stdout
+
+
+def test_every_module_but_the_worker_is_kept_off_the_training_stack():
+    """The torch contract lists its modules one by one (a package-wide rule would also
+    exempt chains through the worker): a new module must join the list."""
+    import pkgutil
+    import tomllib
+
+    import trainerd
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    [torch_free] = [c for c in contracts if "torch" in c.get("forbidden_modules", [])]
+    modules = {f"trainerd.{m.name}" for m in pkgutil.iter_modules(trainerd.__path__)} - {"trainerd.worker"}
+    assert modules == set(torch_free["source_modules"]), \
+        "pyproject.toml: the torch contract's source_modules must list every module outside trainerd.worker"

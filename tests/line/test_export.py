@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import chat_rows, make_base, write_jsonl
-from tests.line.conftest import run_once, truncate
+from tests.line.conftest import line, run_once, truncate
 from trainerd import atomic
 from trainerd.line.errors import LineError
 from trainerd.line.export import export
@@ -70,3 +70,18 @@ assert not torch.allclose(la, lb, atol=1e-4), "the adapter changed nothing?"
     with pytest.raises(LineError):
         rollback(layout, "v0002")
     assert current_name(layout) == "v0003"
+
+
+def test_an_adapter_exports_with_the_path_of_its_base_and_never_over_a_folder(layout):
+    line(layout)
+    out = layout.base.parent / "out"
+    r = export(layout, "v0005", out)
+    assert r == {"path": str(out), "version": "v0005", "kind": "adapter", "base": str(layout.models / "v0003")}
+    acfg = atomic.read_json(out / "adapter_config.json")
+    assert acfg["base_model_name_or_path"] == str(layout.models / "v0003")  # a plain peft load finds it
+    assert atomic.verify_manifest(out, check_hashes=True)["exported_from"] == "v0005"
+    with pytest.raises(LineError, match="already exists and is not an empty folder"):
+        export(layout, "v0004", out)
+    truncate(layout.models / "v0004" / "adapter_model.safetensors")
+    with pytest.raises(LineError, match="not exporting v0004"):
+        export(layout, "v0004", layout.base.parent / "other")

@@ -89,7 +89,7 @@ def test_on_a_gpu_that_is_training_a_generation_is_refused_with_the_reason(tmp_p
 
     from trainerd.gpugate import GpuBusy, TrainingHold
     from trainerd.paths import Layout
-    from trainerd.worker.generate import device_for
+    from trainerd.worker.asker import device_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     niced: list[int] = []

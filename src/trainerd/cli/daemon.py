@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -37,7 +38,7 @@ def run(
     except oplog.LogFormatError as e:
         fail(str(e), 2)
     try:
-        code = run_daemon(base_dir, once=once)
+        code = run_daemon(base_dir, once=once, start_web=_start_web)
     except (ConfigError, PreflightError) as e:
         fail(str(e), 2)
     except AlreadyRunning as e:
@@ -193,3 +194,9 @@ def skip(base_dir: Path = BaseDir, reason: str | None = typer.Option(None, "--re
     out.print(f"skip requested for {active[0].id}")
 
 
+def _start_web(*args: Any) -> Any:
+    """The daemon's HTTP, handed to it by this face (the daemon layer never imports the
+    web); imported only when [server] is enabled."""
+    from trainerd.web.server import start_server
+
+    return start_server(*args)

@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainerd import control, eventspool, guards, oplog, preflight, wishes
-from trainerd.config import Config, load_config
+from trainerd.config import Config, DataMapConfig, ServerConfig, load_config
 from trainerd.control import Desired
 from trainerd.gpugate import TrainingHold
 from trainerd.ledger import Ledger, open_or_rebuild
@@ -43,11 +44,16 @@ log = logging.getLogger("trainerd.supervisor")
 # "paused" from "done").
 EXIT_PAUSED = 4
 
+# Starts HTTP (trainerd.web.server.start_server's signature): the web is a face, so
+# `trainerd run` hands it to the daemon, which never imports trainerd.web itself.
+StartWeb = Callable[[Layout, ServerConfig, Callable[[], float], DataMapConfig | None], Any]
+
 
 class Supervisor(Workers, Actions, Report):
     def __init__(self, layout: Layout, cfg: Config, *, once: bool = False,
-                 worker_cmd: list[str] | None = None):
+                 worker_cmd: list[str] | None = None, start_web: StartWeb | None = None):
         self.layout = layout
+        self.start_web = start_web  # None: no HTTP (a test's supervisor, or no web face)
         self.cfg = cfg
         self.once = once
         # The worker command is fixed so a test or a wrapper (torchrun) can prefix it.
@@ -125,13 +131,11 @@ class Supervisor(Workers, Actions, Report):
     def _start_server(self) -> None:
         """HTTP: dashboard, /metrics, /healthz, control. Training matters more than HTTP:
         an address that cannot be bound is logged and the daemon trains on without it."""
-        if not self.cfg.server.enabled:
+        if not self.cfg.server.enabled or self.start_web is None:
             return
-        from trainerd.web.server import start_server
-
         try:
-            self._server = start_server(self.layout, self.cfg.server, lambda: self.heartbeat_at,
-                                        self.cfg.data.map)
+            self._server = self.start_web(self.layout, self.cfg.server, lambda: self.heartbeat_at,
+                                          self.cfg.data.map)
         except OSError as e:
             log.error("HTTP server not started on %s:%d (%s); training goes on without it",
                       self.cfg.server.host, self.cfg.server.port, e)
@@ -360,7 +364,7 @@ class Supervisor(Workers, Actions, Report):
             log.warning("SIGHUP: %s changed; it applies to the next job's model load", ", ".join(restart_keys))
 
 
-def run_daemon(base_dir: Path, *, once: bool = False) -> int:
+def run_daemon(base_dir: Path, *, once: bool = False, start_web: StartWeb | None = None) -> int:
     layout = Layout.at(base_dir)
     cfg = load_config(layout.config)
-    return Supervisor(layout, cfg, once=once).run()
+    return Supervisor(layout, cfg, once=once, start_web=start_web).run()
