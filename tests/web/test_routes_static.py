@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.web.helpers import call
+from trainerd.web.routes_static import STATIC
 
 
 def test_dashboard_page_and_assets(server):
@@ -29,3 +30,10 @@ def test_the_chart_library_is_served_from_here_with_its_license(server):
         code, _h, body = call(server.url + asset)
         assert code == 200 and body, asset
     assert b"MIT" in call(server.url + "static/vendor/uPlot.LICENSE")[2]
+
+
+def test_every_asset_in_the_table_is_served(server):
+    for path, (_resource, ctype) in STATIC.items():
+        code, headers, body = call(server.url + path.lstrip("/"))
+        assert code == 200 and body, path
+        assert headers["Content-Type"] == ctype and "default-src 'none'" in headers["Content-Security-Policy"], path

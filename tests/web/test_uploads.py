@@ -16,6 +16,7 @@ from trainerd.config import QueueConfig
 from trainerd.jobs import JobState
 from trainerd.ledger import Ledger
 from trainerd.queue import Queue
+from trainerd.web import uploads
 
 
 def test_upload_is_validated_like_an_inbox_file(server, layout):
@@ -104,3 +105,14 @@ def test_a_body_cut_short_is_dropped_and_leaves_nothing(server, layout):
     wait_for(lambda: not any((layout.run / "uploads").glob("*")), timeout=10, what="the partial upload deleted")
     counts = Queue(layout, QueueConfig()).counts()
     assert counts["queued"] == 0 and counts["failed"] == 0
+
+
+def test_a_stalled_upload_is_408_and_leaves_nothing(server, layout, monkeypatch):
+    monkeypatch.setattr(uploads, "UPLOAD_IDLE_S", 0.5)  # read at each chunk: 30 s in the daemon
+    answer, _ = raw_post_headers_only(
+        server.port, "/api/queue?name=slow.jsonl",
+        {"Authorization": auth(layout)["Authorization"], "Content-Length": "1000"}, b'{"text": "x"}\n')
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"Connection: close" in answer  # the rest of the body must not be read as a request
+    wait_for(lambda: not any((layout.run / "uploads").glob("*")), timeout=10, what="the partial upload deleted")
+    assert Queue(layout, QueueConfig()).counts()["queued"] == 0
