@@ -102,7 +102,7 @@ def _median(fn, repeat: int) -> float:
 def measure(base: Path, repeat: int) -> dict[str, float]:
     from trainerd.config import ServerConfig
     from trainerd.paths import Layout
-    from trainerd.server import start_server
+    from trainerd.web.server import start_server
 
     cli = [sys.executable, "-m", "trainerd.cli"]
     out: dict[str, float] = {}

@@ -24,7 +24,8 @@ from trainerd.line.rollback import rollback
 from trainerd.line.versions import is_version, list_versions, versions
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-from trainerd.server import App, start_server
+from trainerd.web.reads import Reader
+from trainerd.web.server import start_server
 
 
 def finish(q: Queue, job_id: str) -> None:
@@ -101,13 +102,13 @@ def bases(tmp_path_factory) -> tuple[Layout, Layout]:
 
 
 def reads(opens: Opens, layout: Layout) -> dict[str, Counter[str]]:
-    app = App(layout, ServerConfig(port=0), time.time)
+    app = Reader(layout, ServerConfig(port=0), time.time)
     return {
         "status": opens.during(lambda: status.collect(layout)),
         "api/status": opens.during(app.status),
-        "api/jobs": opens.during(lambda: app.jobs({"state": "done", "limit": "25"})),
-        "api/jobs all": opens.during(lambda: app.jobs({})),
-        "api/models": opens.during(lambda: app.models({"limit": "20"})),
+        "api/jobs": opens.during(lambda: app.jobs("done", 25)),
+        "api/jobs all": opens.during(lambda: app.jobs()),
+        "api/models": opens.during(lambda: app.models(20)),
         "models list": opens.during(lambda: list_versions(layout, 20)),
     }
 

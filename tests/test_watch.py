@@ -22,7 +22,8 @@ from trainerd.ledger import Ledger
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-from trainerd.watch import SPARK, sparkline, watch
+from trainerd.state import DaemonState
+from trainerd.watch import SPARK, STATE_STYLE, sparkline, watch
 
 
 def submit(layout: Layout, tmp: Path, name: str, n: int, priority: Priority = Priority.NORMAL):
@@ -153,3 +154,8 @@ def test_status_watch_redraws_in_a_terminal_until_ctrl_c(training):
         wait_for(lambda: "exit=0" in screen(), timeout=10, what="a clean exit on Ctrl+C")
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def test_every_daemon_state_has_a_style():
+    assert set(STATE_STYLE) == set(DaemonState)
+    assert STATE_STYLE.get("error") == "red" and STATE_STYLE.get("consolidating") == "green"  # status.json's strings

@@ -28,9 +28,9 @@ from trainerd.control import Desired
 from trainerd.jobs import EVALS, METRICS
 from trainerd.ledger import read_evals
 from trainerd.paths import Layout
-from trainerd.server import EVAL_SERIES, JsonlTail, eta_seconds
 from trainerd.state import DaemonState
 from trainerd.state import parse as parse_state
+from trainerd.web.series import EVAL_SERIES, JsonlTail, eta_seconds
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 40

@@ -5,17 +5,14 @@ checks, copies and asks."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from trainerd import atomic
-from trainerd.jobs import child_env
+from trainerd import atomic, children
 from trainerd.line.errors import LineError
 from trainerd.line.versions import existing, problems, resolve_base
 from trainerd.paths import Layout
@@ -66,13 +63,12 @@ def export(layout: Layout, name: str, dest: Path, merged: bool = False) -> dict[
 
 
 def _merged_in_worker(layout: Layout, name: str, dest: Path) -> dict[str, Any]:
-    """The merged export, done by `python -m trainerd.worker.consolidate --export NAME DEST`:
-    its result is the last line of its stdout (JSON); its log is its stderr."""
+    """The merged export, done by `python -m trainerd.worker.consolidate --export NAME DEST`,
+    which answers in trainerd.children's format (its log is its stderr, passed through):
+    its own sentence when it refuses, as LineError."""
     cmd = [sys.executable, "-m", "trainerd.worker.consolidate", "--base-dir", str(layout.base),
            "--export", name, str(dest)]
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env())
-    lines = r.stdout.strip().splitlines()
-    if r.returncode != 0 or not lines:
-        tail = " | ".join(r.stderr.strip().splitlines()[-3:]) or f"exit status {r.returncode}"
-        raise LineError(f"merged export of {name} failed: {tail}")
-    return json.loads(lines[-1])
+    try:
+        return children.run(cmd, f"the merged export of {name}")
+    except children.ChildFailed as e:
+        raise LineError(str(e)) from None

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from trainerd import control, guards, oplog, preflight, wishes
+from trainerd import control, eventspool, guards, oplog, preflight, wishes
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.gpugate import TrainingHold
@@ -28,8 +28,7 @@ from trainerd.paths import Layout
 from trainerd.publish import Publisher
 from trainerd.queue import Queue
 from trainerd.schedule import CONSOLIDATE, Housekeeping
-from trainerd.server import HEARTBEAT_INTERVAL_S
-from trainerd.state import DaemonState
+from trainerd.state import HEARTBEAT_INTERVAL_S, DaemonState
 from trainerd.supervisor.actions import Actions
 from trainerd.supervisor.report import Report
 from trainerd.supervisor.running import Running
@@ -75,7 +74,7 @@ class Supervisor(Workers, Actions, Report):
         self._observer: Any = None
         self.notify = Notifier()
         self.house = Housekeeping.from_config(layout, cfg)  # snapshots, retention, consolidation
-        self._server: Any = None  # trainerd.server.ServerHandle while HTTP is up
+        self._server: Any = None  # trainerd.web.server.ServerHandle while HTTP is up
         self.heartbeat_at = time.time()  # start of the loop's last pass (/healthz, trainerd_up)
         self._started = False  # start-up writes done (see _startup)
         self.publisher = Publisher(layout, cfg, self._event)  # [publish] hooks, on their own threads
@@ -128,7 +127,7 @@ class Supervisor(Workers, Actions, Report):
         an address that cannot be bound is logged and the daemon trains on without it."""
         if not self.cfg.server.enabled:
             return
-        from trainerd.server import start_server
+        from trainerd.web.server import start_server
 
         try:
             self._server = start_server(self.layout, self.cfg.server, lambda: self.heartbeat_at,
@@ -276,6 +275,7 @@ class Supervisor(Workers, Actions, Report):
         # The dashboard's queue and model-line edits, before a claim: a job just moved to
         # high, or removed, is claimed (or not) as the user now wants.
         wishes.carry_out(self.layout, self.queue, self._event)
+        eventspool.drain(self.layout, self._event)  # uploads' intake events (trainerd.web)
         self.publisher.tick()  # reads the current pointer; hooks run on threads, never here
 
         if self.running is not None:

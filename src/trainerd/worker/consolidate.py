@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainerd import __version__, atomic
+from trainerd import __version__, atomic, children
 from trainerd.config import Config, ConsolidateConfig, DataMapConfig, load_config
 from trainerd.jobs import ExitCode
 from trainerd.line.errors import Busy, LineError
@@ -318,15 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export", nargs=2, metavar=("VERSION", "DEST"), default=None,
                     help="write adapter VERSION merged into its base to DEST (a new folder) instead")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    # An export's stderr is a person's terminal: warnings only, as when it ran in the CLI.
+    logging.basicConfig(level=logging.WARNING if args.export else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     layout = Layout.at(args.base_dir)
-    if args.export:
+    if args.export:  # `trainerd models export --merged` (trainerd.line.export), in children's format
+        channel = children.Channel()
         try:
-            print(json.dumps(export_merged(layout, args.export[0], Path(args.export[1])), default=str))
+            channel.result(export_merged(layout, args.export[0], Path(args.export[1])))
         except LineError as e:
-            log.error("%s", e)
+            channel.error(str(e))  # the CLI says it: `error: <sentence>`
             return int(ExitCode.DATA_ERROR)
         return int(ExitCode.FINISHED)
     try:

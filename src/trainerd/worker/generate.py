@@ -1,7 +1,7 @@
 """`python -m trainerd.worker.generate`: ask a model version, in a process of its own.
 
 The CLI (`trainerd generate / chat / compare`) and the dashboard's "try it" box start this
-module; they never import torch themselves (DESIGN.md). Prompts are rendered exactly as
+module; they never import torch themselves (docs/ARCHITECTURE.md). Prompts are rendered exactly as
 the probe evals and training see them: a conversation with the model's chat template and
 the generation prompt (trainerd.worker.chat.ChatEncoder), greedy unless a temperature is
 given, stopping at the end-of-turn marker.
@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     run = {"generate": cmd_generate, "chat": cmd_chat, "compare": cmd_compare}[args.cmd]
     try:
         cfg = load_config(layout.config)
+        for spec in (args.a, args.b) if args.cmd == "compare" else (args.version,):
+            resolve(layout, cfg, spec)  # a wrong version fails fast: before torch or a model loads
         with device_for(layout, args.device) as device:
             return run(layout, cfg, args, device)
     except GpuBusy as e:

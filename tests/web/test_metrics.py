@@ -17,13 +17,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import chat_rows, make_base, tool, write_jsonl
-from trainerd import atomic, history, metrics
+from tests.web.helpers import call, submit
+from trainerd import atomic, history
 from trainerd.config import QueueConfig, ServerConfig
 from trainerd.jobs import Attempt, JobMeta, Outcome, Priority
 from trainerd.ledger import Ledger
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-from trainerd.server import start_server
+from trainerd.state import STALE_AFTER_S, DaemonState
+from trainerd.web import metrics, metrics_ledger
+from trainerd.web.server import start_server
 
 
 @pytest.fixture
@@ -131,10 +134,10 @@ def test_rollback_moves_the_version_gauge_not_the_publish_time(layout, tmp_path)
     tmp = layout.models / ".cur"
     os.symlink("v0001", tmp)
     os.replace(tmp, layout.current_model)
-    assert metrics.current_version(layout)[0] == 1
-    assert metrics.last_publish(layout) == 2000.0
+    assert metrics_ledger.current_version(layout)[0] == 1
+    assert metrics_ledger.last_publish(layout) == 2000.0
     os.unlink(layout.current_model)
-    assert metrics.current_version(layout) == (0, {})  # the base model
+    assert metrics_ledger.current_version(layout) == (0, {})  # the base model
 
 
 def test_trained_event_sums_attempts():
@@ -144,3 +147,50 @@ def test_trained_event_sums_attempts():
     facts = history.trained_event(meta, "v0003")
     assert facts["train_seconds"] == 25.0 and facts["version"] == "v0003"
     assert json.dumps(facts)
+
+
+# --------------------------------------------------------------------------- the scrape
+EXPECTED_FAMILIES = {
+    "trainerd_up", "trainerd_heartbeat_age_seconds", "trainerd_build_info", "trainerd_desired_state",
+    "trainerd_daemon_state",
+    "trainerd_jobs", "trainerd_jobs_finished", "trainerd_jobs_failed", "trainerd_attempts",
+    "trainerd_examples_trained", "trainerd_active_job_info", "trainerd_step", "trainerd_max_steps",
+    "trainerd_loss", "trainerd_learning_rate", "trainerd_tokens_per_second",
+    "trainerd_active_examples_done", "trainerd_active_examples",
+    "trainerd_last_checkpoint_age_seconds", "trainerd_worker_rss_bytes", "trainerd_gpu_memory_bytes",
+    "trainerd_checkpoint_save_seconds", "trainerd_disk_free_bytes",
+}
+
+
+def test_prometheus_metrics(server, layout, tmp_path, beat):
+    submit(layout, tmp_path, "a.jsonl", chat_rows(4), Priority.HIGH)
+    submit(layout, tmp_path, "b.jsonl", chat_rows(4), Priority.LOW)
+    submit(layout, tmp_path, "c.jsonl", "not json\n")
+    code, headers, body = call(server.url + "metrics")
+    assert code == 200 and headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams.keys() >= EXPECTED_FAMILIES, EXPECTED_FAMILIES - fams.keys()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    assert samples[("trainerd_up", ())] == 1.0
+    assert samples[("trainerd_jobs", (("priority", "high"), ("state", "queued")))] == 1
+    assert samples[("trainerd_jobs", (("priority", "low"), ("state", "queued")))] == 1
+    assert samples[("trainerd_jobs", (("state", "failed"),))] == 1  # no empty priority label
+    assert not fams["trainerd_jobs_failed"].samples  # no state.db yet: no counter sample, not a fake 0
+    assert samples[("trainerd_desired_state", (("state", "running"),))] == 1
+    assert samples[("trainerd_disk_free_bytes", ())] > 0
+    assert not fams["trainerd_loss"].samples  # nothing active: absent, not a fake 0
+    assert fams["trainerd_checkpoint_save_seconds"].type == "histogram"
+
+    beat.at = time.time() - STALE_AFTER_S - 1
+    down = {f.name: f for f in text_string_to_metric_families(call(server.url + "metrics")[2].decode())}
+    assert down["trainerd_up"].samples[0].value == 0.0
+
+    p = subprocess.run([tool("promtool", "prometheus"), "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_the_daemon_state_set_names_every_state_the_enum_knows():
+    assert set(metrics.DAEMON_STATES) == {s.value for s in DaemonState}
+    assert {"error", "consolidating"} <= set(metrics.DAEMON_STATES)

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ROOT, make_base, tool
 from trainerd.config import ServerConfig
 from trainerd.paths import Layout
-from trainerd.server import start_server
+from trainerd.web.server import start_server
 
 DOCS = ROOT / "docs" / "monitoring"
 SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_info", "_created")

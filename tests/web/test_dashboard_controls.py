@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import chat_rows, daemon, daemon_log, make_base, wait_for, write_jsonl
-from tests.test_dashboard import (
+from tests.web.test_dashboard import (
     browser,  # noqa: F401  (the fixture: system Chromium via playwright)
     wait_page,
 )
@@ -26,7 +26,7 @@ from trainerd.jobs import Outcome, Priority
 from trainerd.ledger import Ledger
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-from trainerd.server import read_token
+from trainerd.web.tokens import read_token
 
 pytestmark = pytest.mark.slow
 

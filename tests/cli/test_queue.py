@@ -1,34 +1,16 @@
-"""The command line as an operator meets it: --version, shell completion, ids that
-`queue list` prints and show/move/remove accept, progress on long commands, help text."""
+"""`trainerd queue ...` (trainerd/cli/queue.py): the ids `queue list` prints are what
+show/move/remove accept, as are unique prefixes and the original file name."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 
 from tests.conftest import chat_rows, cli, make_base, write_jsonl
-from trainerd import __version__
 from trainerd.config import QueueConfig
 from trainerd.jobs import Priority
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-
-ENTRY = Path(sys.executable).parent / "trainerd"  # the installed console script
-
-
-def test_version_completion_and_gc_help():
-    assert cli("--version").stdout.strip() == f"trainerd {__version__}"
-    helptext = cli("--help").stdout
-    assert "--install-completion" in helptext and "--show-completion" in helptext
-    p = subprocess.run([str(ENTRY), "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, COLUMNS="200"))
-    assert p.returncode == 0 and "_TRAINERD_COMPLETE" in p.stdout, p.stdout + p.stderr
-    assert "Apply [retention]:" in cli("gc", "--help", env=dict(os.environ, COLUMNS="200")).stdout
 
 
 def test_queue_list_ids_are_what_show_move_remove_accept(tmp_path):
@@ -49,13 +31,3 @@ def test_queue_list_ids_are_what_show_move_remove_accept(tmp_path):
     assert p.returncode == 1 and "queue list --state all" in p.stderr
     cli("queue", "remove", "a-rather-long-file-name-for-a-table.jsonl", "--base-dir", base)
     assert [r.id for r in Queue(Layout.at(base), QueueConfig()).list()] == [b.id]
-
-
-@pytest.mark.slow
-def test_tiny_model_init_and_validate_show_progress_on_stderr(tmp_path):
-    base = tmp_path / "base"
-    p = cli("init", "--base-dir", base, "--tiny-model", "--warm-steps", "5")
-    assert "warming the tiny model" in p.stderr and "5/5" in p.stderr, p.stderr
-    f = write_jsonl(tmp_path / "x.jsonl", chat_rows(3))
-    p = cli("validate", str(f), "-b", base)
-    assert "tokenizing 1 file(s)" in p.stderr and "trains 3 sequences" in p.stdout, p.stdout + p.stderr

@@ -32,7 +32,8 @@ from tests.conftest import (
 from trainerd import control
 from trainerd.config import ServerConfig
 from trainerd.paths import Layout
-from trainerd.server import read_token, start_server
+from trainerd.web.server import start_server
+from trainerd.web.tokens import read_token
 
 pytestmark = pytest.mark.slow
 
