@@ -95,9 +95,7 @@ def decide(outcome: Outcome, error: str | None, meta: JobMeta, cfg: Config, *,
         # job is done with its verdict (trainerd.gate); the next job trains from current.
         return Action(Do.DONE, clear_skip=skipped)  # a skip that came too late has no target left
     if skipped:
-        return Action(Do.FAIL, "skipped by user" + (f": {skip_reason}" if skip_reason else ""),
-                      stage="skip", detail={"resumable": True}, clear_skip=True,
-                      note={"event": "skipped", "reason": skip_reason})
+        return skipped_action(skip_reason)
     if outcome == Outcome.STOPPED:
         return Action(Do.STAY)  # with its checkpoint; resumed first next time
     if outcome == Outcome.PREEMPTED:
@@ -125,6 +123,13 @@ def decide(outcome: Outcome, error: str | None, meta: JobMeta, cfg: Config, *,
         return Action(Do.FAIL, error or "data error", detail={"attempts": len(meta.attempts)},
                       warning=f"data error, sent to failed/: {error}")
     return _failed(outcome, error, meta, cfg)
+
+
+def skipped_action(reason: str | None) -> Action:
+    """The user's skip of a job (while its worker ran, or with none running): to failed/,
+    where `trainerd queue requeue` can bring it back."""
+    return Action(Do.FAIL, "skipped by user" + (f": {reason}" if reason else ""), stage="skip",
+                  detail={"resumable": True}, clear_skip=True, note={"event": "skipped", "reason": reason})
 
 
 def _failed(outcome: Outcome, error: str | None, meta: JobMeta, cfg: Config) -> Action:

@@ -50,7 +50,6 @@ class QueueBase:
         self.settler = Settler()  # what this process has seen of each inbox entry
         self.blocked: str | None = None  # why intake cannot go on right now (e.g. no file descriptors)
 
-
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
         if self._on_event is not None:
             try:

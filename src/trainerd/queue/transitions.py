@@ -165,7 +165,6 @@ class Transitions(QueueBase):
         record.save_meta(ref.path, meta)
         return meta
 
-
     def close_interrupted(self) -> tuple[list[tuple[JobRef, JobMeta]], list[str]]:
         """At start-up, after recover(): the attempts that were running when the daemon died
         get their end (INTERRUPTED). Returns those jobs, for the attempt policy to decide

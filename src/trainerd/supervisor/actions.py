@@ -11,7 +11,7 @@ import logging
 import time
 
 from trainerd import attempts, control, oplog
-from trainerd.jobs import JobMeta, Outcome
+from trainerd.jobs import JobMeta, JobState, Outcome
 from trainerd.queue import JobRef
 
 log = logging.getLogger("trainerd.supervisor")
@@ -30,7 +30,6 @@ class Actions:
             log.warning("recovery: %s: attempt %d was interrupted; %s", ref.id, a.number,
                         "no attempts left, failed" if action.do == attempts.Do.FAIL else
                         "it will be resumed first (no back-off: the daemon's death is not the job's doing)")
-
 
     def _carry_out(self, ref: JobRef, meta: JobMeta, action: attempts.Action,
                    ctx: dict[str, int] | None = None) -> None:
@@ -88,12 +87,10 @@ class Actions:
             self._event("gate", ref.id, version=version, **gate)
         return meta
 
-
     def _apply_idle_skip(self, skip: control.Skip) -> None:
         """A skip for a job sitting in active/ with no worker (paused or stopped)."""
-        for ref in self.queue.list():
-            if ref.id == skip.job_id and ref.state.value == "active":
-                self.queue.fail(ref, "skipped by user" + (f": {skip.reason}" if skip.reason else ""),
-                                stage="skip", resumable=True)
+        for ref in self.queue.list(JobState.ACTIVE):
+            if ref.id == skip.job_id:
+                self._carry_out(ref, ref.meta(), attempts.skipped_action(skip.reason))
                 break
         control.clear_skip(self.layout)  # a skip never outlives its job's activity

@@ -56,7 +56,6 @@ class Report:
                              "stall": r.stall}
         atomic.write_json(self.layout.status, status)
 
-
     def _check_disk(self) -> None:
         ckpt = 0
         if self.running is not None:

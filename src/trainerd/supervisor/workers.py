@@ -176,7 +176,6 @@ class Workers:
                                  skip_reason=r.skip.reason if r.skip else None)
         self._carry_out(r.ref, meta, action, r.log_ctx)
 
-
     def _progress(self, r: Running) -> Progress:
         """What the attempt got through, from the worker's files, for job.json."""
         from trainerd.status import loss_curve
