@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 # Sections defined beside the code that uses them (schedule.py imports nothing of ours
 # that imports this module, so there is no import cycle).
@@ -64,7 +64,30 @@ class TrainConfig(_Section):
     torchrun_args: list[str] = Field(
         default_factory=list, description="extra torchrun arguments, e.g. ['--nnodes=2', "
         "'--rdzv-backend=c10d', '--rdzv-endpoint=HOST:29500'] (default: --standalone)")
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="4bit = QLoRA: LoRA on a base loaded in 4 bits (bitsandbytes NF4, double "
+        "quantization, bf16 compute; needs bitsandbytes and a CUDA GPU)")
+    fsdp: list[Literal["full_shard", "shard_grad_op", "hybrid_shard", "offload", "auto_wrap"]] = Field(
+        default_factory=list, description="shard a full fine-tune over the nproc processes with FSDP "
+        "(FSDP2 where torch has it), e.g. ['full_shard', 'auto_wrap']; [] = off (DDP)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    # Field validators (not a model validator) so each error names its own key.
+    @field_validator("quantization")
+    @classmethod
+    def _quantized_base_trains_lora(cls, v: str, info: ValidationInfo) -> str:
+        if v != "none" and info.data.get("method") == "full":
+            raise ValueError(f'a {v} base cannot be fully fine-tuned (only an adapter trains on it); '
+                             'set method = "lora" or quantization = "none"')
+        return v
+
+    @field_validator("fsdp")
+    @classmethod
+    def _fsdp_shards_full_fine_tunes(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if v and info.data.get("method") != "full":
+            raise ValueError('FSDP shards a full fine-tune (an adapter fits one device); set method = "full" '
+                             "or fsdp = []")
+        return v
 
 
 class CheckpointConfig(_Section):

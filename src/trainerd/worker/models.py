@@ -195,8 +195,12 @@ def load_for_training(ref: ModelRef, cfg: TrainConfig):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from trainerd.worker import quant
+
     model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch_dtype(cfg),
-                                                 attn_implementation=attention_implementation(cfg))
+                                                 attn_implementation=attention_implementation(cfg),
+                                                 **quant.load_kwargs(cfg))
+    model = quant.prepare(model, cfg)  # a 4-bit base (QLoRA); otherwise unchanged
     model.config.use_cache = False  # required by padding-free batches; useless in training
     if cfg.method == "lora":
         if ref.kind == "adapter":

@@ -44,10 +44,17 @@ def check_tokenizer(tokenizer: Any, source: str) -> list[str]:
     return []
 
 
-def load_checked(weights: str, tokenizer_source: str) -> tuple[Any, list[str]]:
+def load_checked(weights: str, tokenizer_source: str, quantization: str = "none") -> tuple[Any, list[str]]:
     """(tokenizer, warnings) after the config of `weights` and the tokenizer of
-    `tokenizer_source` loaded from local files only; ModelUnavailable otherwise."""
+    `tokenizer_source` loaded from local files only, and `train.quantization` can work
+    here; ModelUnavailable otherwise."""
     from transformers import AutoConfig, AutoTokenizer
+
+    from trainerd.worker import quant
+
+    why = quant.problem(quantization)
+    if why:
+        raise ModelUnavailable(why)
 
     try:
         AutoConfig.from_pretrained(weights, local_files_only=True)
@@ -70,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainerd.worker.preflight")
     ap.add_argument("--weights", required=True)
     ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--quantization", default="none", help="train.quantization to check (default none)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.monotonic()
     try:
-        _tok, warnings = load_checked(args.weights, args.tokenizer)
+        _tok, warnings = load_checked(args.weights, args.tokenizer, args.quantization)
         out: dict[str, Any] = {"ok": True, "warnings": warnings}
     except ModelUnavailable as e:
         out = {"ok": False, "problem": str(e)}

@@ -389,7 +389,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     parent = models.current(layout, cfg)
     # The daemon's preflight, again here: a model that vanished or a template that raises
     # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
-    tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
+    tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source,
+                                                             cfg.train.quantization)[0])
     init_distributed()
     world = _world()[1]
 
