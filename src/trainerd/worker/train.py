@@ -195,6 +195,7 @@ def _callbacks():
             atomic.write_json(self.job_dir / PROGRESS_JSON, {
                 **self.last, **self.last_ckpt, "max_steps": state.max_steps,
                 "examples_total": self.n, "rss_bytes": rss, "gpu_bytes": _gpu_bytes(),
+                "gpu_peak_bytes": _gpu_bytes(peak=True),
                 "pid": os.getpid(), "updated_at": time.time(),
             }, sync=False)
 
@@ -252,10 +253,13 @@ def rank0_first(fn):
             barrier()
 
 
-def _gpu_bytes() -> int | None:
+def _gpu_bytes(peak: bool = False) -> int | None:
+    """GPU memory allocated by this process now (or its peak so far: bench/gpu.sh reads it)."""
     import torch
 
-    return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated())
 
 
 def tensorboard_callback(job_dir: Path) -> Any:
