@@ -38,7 +38,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _qwen  # noqa: E402
 from _jobs import ENV, chat_rows, make_base, make_job, run_worker  # noqa: E402
-from checkpoint_overhead import in_run_overhead  # noqa: E402
 
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0,
@@ -94,8 +93,10 @@ def run_trainerd(v: Variant, work: Path, model: Path, rows: list[dict], a: argpa
         return {"error": f"worker exited {out['rc']}: " + " | ".join(log.strip().splitlines()[-3:])[-600:]}
     steps = out["rows"]
     prog = json.loads((job / "progress.json").read_text()) if (job / "progress.json").exists() else {}
-    saves_s, _ = in_run_overhead(steps, a.save_every)
-    n_saves = max(1, sum(1 for r in steps[:-1] if r["step"] % a.save_every == 0))
+    beat = json.loads((job / "heartbeat.json").read_text()) if (job / "heartbeat.json").exists() else {}
+    # The worker's own clock of its checkpointing phases (Trainer's save + the commit).
+    saves_s = beat.get("phase_seconds", {}).get("checkpointing", 0.0)
+    n_saves = max(1, steps[-1]["step"] // a.save_every)
     per_step = [(y["tokens_done"] - x["tokens_done"]) / (y["ts"] - x["ts"]) for x, y in zip(steps, steps[1:], strict=False)]
     return {"tokens_per_s": steps[-1]["tokens_per_s"], "step_p50_tokens_per_s": statistics.median(per_step or [0]),
             "steps": steps[-1]["step"], "real_tokens": steps[-1]["tokens_done"], "final_loss": steps[-1]["loss"],
@@ -127,7 +128,13 @@ def _plain_main(spec: dict) -> None:
     """What a competent user writes: chat template with assistant masks, padded batches,
     Trainer (+ PEFT for LoRA), bf16 on a GPU; one save timed as Trainer saves at save_steps."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
@@ -214,6 +221,8 @@ def main() -> None:
     a.micro_batch = a.micro_batch or (4 if a.dry_run else 8)
     a.save_every = a.save_every or (2 if a.dry_run else 50)
     t_start = time.monotonic()
+    # Heartbeats often enough that heartbeat.json holds the last checkpoint's phase time.
+    ENV["TRAINERD_HEARTBEAT_SECONDS"] = "0.25"
     os.environ.update(ENV)
     import torch
     import transformers

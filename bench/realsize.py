@@ -8,8 +8,8 @@ and the worker compute the same thing), then:
           whole product (intake, preflight, a supervised worker, checkpoints, publish).
           From the job's own records: real tokens/s (metrics.jsonl), the worker's peak
           RSS (VmHWM, read from /proc while it runs), checkpoint size (progress.json) and
-          save time (the gap after a saving step minus the median step: the save's cost,
-          see bench/checkpoint_overhead.py), the overhead that save costs at the default
+          save time (heartbeat.json's phase_seconds: the worker's own clock of Trainer's
+          save plus the commit), the overhead that save costs at the default
           cadence (every 200 steps or 10 minutes), and publish time (heartbeat.json's
           phase_seconds).
   plain   the hand-written Trainer + PEFT script of bench/throughput.py (variant b) on the
@@ -40,7 +40,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _qwen  # noqa: E402
 from _jobs import ENV, chat_rows, make_base  # noqa: E402
-from checkpoint_overhead import in_run_overhead  # noqa: E402
 from rss import memory  # noqa: E402
 
 from trainerd.config import CheckpointConfig, RetentionConfig  # noqa: E402
@@ -101,8 +100,10 @@ def run_daemon(root: Path, model: Path, rows: list[dict], a: argparse.Namespace,
     steps = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines() if x.strip()]
     prog = json.loads((job / "progress.json").read_text())
     beat = json.loads((job / "heartbeat.json").read_text())
-    saves_s, train_s = in_run_overhead(steps, a.save_every)
-    n_saves = sum(1 for r in steps[:-1] if r["step"] % a.save_every == 0)
+    # A save's cost: the worker's own clock of its checkpointing phase (Trainer's save plus
+    # the commit), exact on a loaded machine where step-gap estimates drown in the noise.
+    saves_s = beat.get("phase_seconds", {}).get("checkpointing", 0.0)
+    n_saves = steps[-1]["step"] // a.save_every
     gaps = [y["ts"] - x["ts"] for x, y in zip(steps, steps[1:], strict=False)]
     version = layout.models / os.readlink(layout.current_model)
     return {
@@ -111,9 +112,9 @@ def run_daemon(root: Path, model: Path, rows: list[dict], a: argparse.Namespace,
         "step_p50_tokens_per_s": statistics.median(
             (y["tokens_done"] - x["tokens_done"]) / (y["ts"] - x["ts"]) for x, y in zip(steps, steps[1:], strict=False)),
         "median_step_s": statistics.median(gaps), "final_loss": steps[-1]["loss"],
-        "peak_rss_bytes": peak.get("VmHWM", 0) * 1024, "checkpoint_bytes": prog.get("last_checkpoint_bytes"),
+        "peak_rss_bytes": peak.get("VmHWM", 0), "checkpoint_bytes": prog.get("last_checkpoint_bytes"),
         "checkpoint_commit_s": prog.get("last_checkpoint_seconds"),
-        "save_s": saves_s / max(1, n_saves), "train_s": train_s,
+        "save_s": saves_s / max(1, n_saves), "train_s": steps[-1]["ts"] - steps[0]["ts"],
         "phase_seconds": beat.get("phase_seconds", {}),
         "publish_s": beat.get("phase_seconds", {}).get("publishing"),
         "version_bytes": sum(f.stat().st_size for f in version.rglob("*") if f.is_file()),

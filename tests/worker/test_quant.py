@@ -31,7 +31,7 @@ def test_run_refuses_4bit_where_bitsandbytes_or_cuda_is_missing(tmp_path, tiny_m
     assert p.returncode == 2, p.stdout + p.stderr
     said = " ".join(p.stderr.split())  # the sentence may be wrapped
     missing = "bitsandbytes package" if importlib.util.find_spec("bitsandbytes") is None else "CUDA GPU"
-    assert f'train.quantization = "4bit" needs' in said and missing in said, said
+    assert 'train.quantization = "4bit" needs' in said and missing in said, said
     assert 'set quantization = "none"' in said and str(base / "trainerd.toml") in said
     _no_job_claimed(base)
     # The same sentence from the worker itself (a worker started anyway would pause the
