@@ -67,9 +67,9 @@ class TrainConfig(_Section):
     quantization: Literal["none", "4bit"] = Field(
         "none", description="4bit = QLoRA: LoRA on a base loaded in 4 bits (bitsandbytes NF4, double "
         "quantization, bf16 compute; needs bitsandbytes and a CUDA GPU)")
-    fsdp: list[Literal["full_shard", "shard_grad_op", "hybrid_shard", "offload", "auto_wrap"]] = Field(
-        default_factory=list, description="shard a full fine-tune over the nproc processes with FSDP "
-        "(FSDP2 where torch has it), e.g. ['full_shard', 'auto_wrap']; [] = off (DDP)")
+    fsdp: list[Literal["full_shard", "shard_grad_op", "offload", "auto_wrap"]] = Field(
+        default_factory=list, description="shard a full fine-tune over the group's processes with FSDP "
+        "(FSDP2 where torch has it; sharded checkpoints), e.g. ['full_shard', 'auto_wrap']; [] = off (DDP)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     # Field validators (not a model validator) so each error names its own key.
@@ -87,6 +87,9 @@ class TrainConfig(_Section):
         if v and info.data.get("method") != "full":
             raise ValueError('FSDP shards a full fine-tune (an adapter fits one device); set method = "full" '
                              "or fsdp = []")
+        if v and info.data.get("nproc", 1) == 1 and not info.data.get("torchrun_args"):
+            raise ValueError("FSDP shards over a group's processes, and nproc = 1 is one; set nproc to the "
+                             "number of GPUs (or torchrun_args for several nodes), or fsdp = []")
         return v
 
 

@@ -216,12 +216,16 @@ def load_for_training(ref: ModelRef, cfg: TrainConfig):
 
 
 def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
-            extra: dict[str, Any] | None = None, make_current: bool = True) -> str:
+            extra: dict[str, Any] | None = None, make_current: bool = True,
+            state_dict: dict[str, Any] | None = None) -> str:
     """Write the trained weights as the next version and make it current, atomically
-    (make_current=False: the eval gate holds it; it is written and verified, not current)."""
+    (make_current=False: the eval gate holds it; it is written and verified, not current).
+    `state_dict`: the full weights of a sharded (FSDP) model, gathered on this rank."""
     import torch
 
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    named = state_dict.items() if state_dict is not None else \
+        ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    bad = [n for n, p in named if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:  # never let NaN weights become the current model
         from trainerd.worker.train import NonFiniteLoss
 
@@ -236,17 +240,18 @@ def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: 
         if now.version != parent.version:
             raise RuntimeError(f"current moved from {parent.version} to {now.version} while {meta.id} trained; "
                                "not publishing over it (the retry trains from the new current)")
-        return _publish_locked(layout, model, tokenizer, parent, meta, extra, make_current)
+        return _publish_locked(layout, model, tokenizer, parent, meta, extra, make_current, state_dict)
 
 
 def _publish_locked(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
-                    extra: dict[str, Any] | None, make_current: bool = True) -> str:
+                    extra: dict[str, Any] | None, make_current: bool = True,
+                    state_dict: dict[str, Any] | None = None) -> str:
     existing = versions(layout)
     name = f"v{(_version_number(existing[-1]) or 0) + 1 if existing else 1:04d}"
     tmp = layout.models / f"{atomic.TMP_PREFIX}{name}-{meta.id}"
     shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from a crash mid-publish
     is_adapter = hasattr(model, "peft_config")
-    model.save_pretrained(tmp)  # adapter weights only for a PEFT model; safetensors
+    model.save_pretrained(tmp, state_dict=state_dict)  # adapter weights only for a PEFT model; safetensors
     tokenizer.save_pretrained(tmp)
     jobs = [{"id": meta.id, "name": meta.original_name, "examples": meta.examples}]
     atomic.make_readable(tmp)  # a serving user reads versions (safetensors are written 0600)

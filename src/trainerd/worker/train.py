@@ -21,7 +21,7 @@ from trainerd import __version__, atomic, guards, lifecycle
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.paths import Layout
-from trainerd.worker import checkpoints, heartbeat, models, preflight
+from trainerd.worker import checkpoints, fsdp, heartbeat, models, preflight
 from trainerd.worker.data import JobDataset, data_order, prepare
 
 if TYPE_CHECKING:
@@ -344,6 +344,7 @@ def training_arguments(cfg: Config, output_dir: Path, seed: int):
         optim=t.optimizer if t.optimizer != "auto" else "adamw_torch_fused" if cuda else "adamw_torch",
         torch_compile=t.compile,
         ddp_find_unused_parameters=False,
+        **fsdp.arguments(t),
     )
 
 
@@ -394,7 +395,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     # The daemon's preflight, again here: a model that vanished or a template that raises
     # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
     tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source,
-                                                             cfg.train.quantization)[0])
+                                                             cfg.train.quantization, bool(cfg.train.fsdp))[0])
     init_distributed()
     world = _world()[1]
 
@@ -446,10 +447,14 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     progress = Progress(job_dir, attempt, ds, per_step)
     ctl = Control(stop, cfg, job_dir)
     probe = evals.callback(layout, cfg, job_dir, attempt, tokenizer, stop)
+    if cfg.train.fsdp:  # rank 0 alone runs the evals; a sharded model's forward needs every rank
+        if probe is not None:
+            log.warning("train.fsdp: no probe evals, gate or forgetting scores for this job (docs/MODELS.md)")
+        probe = None
     # The parent's scores for the gate and the forgetting matrix: on the model as loaded,
     # before any step (rank 0 alone; worker/recall.py).
     scorer = recall.start(layout, cfg, meta, parent, tokenizer, job_dir, model,
-                          probe.probe if probe else None) if _world()[0] == 0 else None
+                          probe.probe if probe else None) if _world()[0] == 0 and not cfg.train.fsdp else None
     trainer = _job_trainer()(
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
@@ -458,6 +463,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         callbacks=[ctl, progress, Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep),
                    *([probe] if probe else [])],
     )
+    fsdp.check_applied(trainer, cfg.train)
     if _stop_before_training(stop, "setting up the trainer"):
         return ExitCode.STOPPED
     tb = tensorboard_callback(job_dir) if trainer.is_world_process_zero() else None
@@ -476,6 +482,12 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         log.info("stopped at step %d/%d with a checkpoint (%s)", trainer.state.global_step,
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
+    # A sharded model's full weights, gathered on rank 0 (a collective: every rank joins).
+    gathered = None
+    if cfg.train.fsdp:
+        kind = type(next(trainer.model.parameters())).__name__  # DTensor under FSDP2
+        log.info("trained with FSDP over %d ranks (parameters: %s); gathering the full weights", world, kind)
+        gathered = trainer.accelerator.get_state_dict(trainer.model)
     if trainer.is_world_process_zero():
         heartbeat.phase("eval", trainer.state.global_step)  # the gate's scoring is an eval
         # After the last step, before publishing: the candidate's scores and the gate's verdict.
@@ -491,7 +503,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                                   "dropped": tok.dropped, "truncated": tok.truncated,
                                   "final_loss": progress.last.get("loss"), "replay": replay, **scored,
                                   "line_step": lineboard.offset(parent) + trainer.state.global_step},
-                                 make_current=not held)
+                                 make_current=not held, state_dict=gathered)
         log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
         checkpoints.clear(job_dir)
     return ExitCode.FINISHED
