@@ -51,6 +51,7 @@ class Variant:
     method: str  # "lora" or "full"
     attention: str = "packed_sdpa"
     quantization: str = "none"
+    fsdp: bool = False  # FSDP2 over 2 GPUs (nproc = 2): needs a machine with 2 or more
 
     @property
     def needs_cuda(self) -> bool:
@@ -67,13 +68,16 @@ VARIANTS = [
     Variant("full trainerd flex_attention", "trainerd", "full", "flex_attention"),
     Variant("full plain HF padded", "plain", "full", "sdpa"),
     Variant("qlora trainerd packed_sdpa", "trainerd", "lora", quantization="4bit"),
+    Variant("full trainerd FSDP2 2 GPUs", "trainerd", "full", fsdp=True),
 ]
 
 
 def toml(v: Variant, a: argparse.Namespace) -> str:
     lr = 1e-5 if v.method == "full" else 2e-4
+    group = 'nproc = 2\nfsdp = ["full_shard", "auto_wrap"]\n' if v.fsdp else ""
+    mb = a.micro_batch // 2 if v.fsdp else a.micro_batch  # the same effective batch over 2 ranks
     return (f'[train]\nmethod = "{v.method}"\nattention = "{v.attention}"\nquantization = "{v.quantization}"\n'
-            f"micro_batch_size = {a.micro_batch}\nmax_seq_len = 1024\nlearning_rate = {lr}\nwarmup_steps = 5\n"
+            f"{group}micro_batch_size = {mb}\nmax_seq_len = 1024\nlearning_rate = {lr}\nwarmup_steps = 5\n"
             f"[checkpoint]\nevery_steps = {a.save_every}\n[eval]\nrecall_examples = 0\n"
             "[disk]\nmin_free_mb = 0\nwarn_free_mb = 0\ncheckpoint_multiple = 0\n")
 
@@ -87,7 +91,7 @@ def run_trainerd(v: Variant, work: Path, model: Path, rows: list[dict], a: argpa
                  timeout: float) -> dict:
     layout = make_base(work, model, toml(v, a))
     job = make_job(layout, rows)
-    out = run_worker(job, timeout=timeout)
+    out = run_group(job, layout.base, timeout) if v.fsdp else run_worker(job, timeout=timeout)
     log = (job / "worker.log").read_text()
     if out["rc"] != 0 or not out["rows"]:
         return {"error": f"worker exited {out['rc']}: " + " | ".join(log.strip().splitlines()[-3:])[-600:]}
@@ -103,6 +107,21 @@ def run_trainerd(v: Variant, work: Path, model: Path, rows: list[dict], a: argpa
             "peak_gpu_bytes": prog.get("gpu_peak_bytes"), "checkpoint_s": saves_s / n_saves,
             "checkpoint_commit_s": prog.get("last_checkpoint_seconds"),
             "checkpoint_bytes": prog.get("last_checkpoint_bytes"), "process_s": out["wall"]}
+
+
+def run_group(job: Path, base: Path, timeout: float) -> dict:
+    """A torchrun group, started as the supervisor starts one (worker/launch.py)."""
+    t0 = time.monotonic()
+    with open(job / "worker.log", "ab") as log:
+        try:
+            p = subprocess.run([sys.executable, "-m", "trainerd.worker.launch", str(job), "--base-dir", str(base)],
+                               env=ENV, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            rc = -9
+    metrics = job / "metrics.jsonl"
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+    return {"wall": time.monotonic() - t0, "rc": rc, "rows": rows}
 
 
 def run_plain(v: Variant, work: Path, model: Path, rows: list[dict], a: argparse.Namespace, timeout: float) -> dict:
@@ -251,6 +270,9 @@ def main() -> None:
         left = a.budget_s - (time.monotonic() - t_start)
         if left < 30:
             row["skipped"] = f"over the {a.budget_s:.0f} s budget"
+            continue
+        if v.fsdp and (torch.cuda.device_count() if cuda else 0) < 2:
+            row["skipped"] = "needs 2 GPUs (FSDP shards over a group; CPU groups are refused)"
             continue
         if v.needs_cuda and not cuda:
             row["skipped"] = "needs CUDA (FlexAttention has no backward on the CPU)"

@@ -141,13 +141,16 @@ def at_default_cadence(save_s: float, step_s: float) -> float:
 
 def line_cost(version_bytes: int, checkpoint_bytes: int) -> dict:
     """Disk of a full-fine-tune line: each job adds one full version; retention keeps the
-    newest keep_versions of them (plus what current and snapshots pin), and a job's own
-    checkpoints (keep of them, while it runs) are deleted when it finishes."""
+    newest keep_versions of them, and the daily snapshot copies current (keep_snapshots
+    of those, one a day when current changed); a running job holds `keep` checkpoints,
+    deleted when it finishes."""
     r, c = RetentionConfig(), CheckpointConfig()
-    return {"per_job_bytes": version_bytes, "keep_versions": r.keep_versions,
-            "line_bytes_at_retention": version_bytes * (r.keep_versions or 1),
+    versions = version_bytes * (r.keep_versions or 1)
+    snapshots = version_bytes * (r.keep_snapshots or 1)
+    return {"per_job_bytes": version_bytes, "keep_versions": r.keep_versions, "keep_snapshots": r.keep_snapshots,
+            "versions_bytes": versions, "snapshots_bytes": snapshots,
             "while_training_bytes": checkpoint_bytes * c.keep,
-            "steady_state_bytes": version_bytes * (r.keep_versions or 1) + checkpoint_bytes * c.keep}
+            "steady_state_bytes": versions + snapshots + checkpoint_bytes * c.keep}
 
 
 def gb(n: float | None) -> str:
