@@ -173,7 +173,7 @@ def _plain_main(spec: dict) -> None:
                                                  task_type="CAUSAL_LM"))
     args = TrainingArguments(output_dir=spec["out"], num_train_epochs=1, per_device_train_batch_size=spec["micro_batch"],
                              learning_rate=spec["lr"], lr_scheduler_type="constant_with_warmup", warmup_steps=5,
-                             logging_steps=10, save_strategy="no", report_to=[], bf16=cuda, use_cpu=not cuda,
+                             logging_steps=1, save_strategy="no", report_to=[], bf16=cuda, use_cpu=not cuda,
                              optim="adamw_torch_fused" if cuda else "adamw_torch", disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
