@@ -56,15 +56,17 @@ class Variant:
     @property
     def needs_cuda(self) -> bool:
         # bitsandbytes' 4-bit kernels; FlexAttention has no backward on the CPU (torch says so).
-        return self.quantization != "none" or self.attention == "flex_attention"
+        return self.quantization != "none" or self.attention in ("flex_attention", "varlen")
 
 
 VARIANTS = [
     Variant("lora trainerd packed_sdpa", "trainerd", "lora"),
+    Variant("lora trainerd varlen", "trainerd", "lora", "varlen"),
     Variant("lora trainerd flex_attention", "trainerd", "lora", "flex_attention"),
     Variant("lora trainerd sdpa (dense mask)", "trainerd", "lora", "sdpa"),
     Variant("lora plain HF padded", "plain", "lora", "sdpa"),
     Variant("full trainerd packed_sdpa", "trainerd", "full"),
+    Variant("full trainerd varlen", "trainerd", "full", "varlen"),
     Variant("full trainerd flex_attention", "trainerd", "full", "flex_attention"),
     Variant("full plain HF padded", "plain", "full", "sdpa"),
     Variant("qlora trainerd packed_sdpa", "trainerd", "lora", quantization="4bit"),
@@ -275,7 +277,8 @@ def main() -> None:
             row["skipped"] = "needs 2 GPUs (FSDP shards over a group; CPU groups are refused)"
             continue
         if v.needs_cuda and not cuda:
-            row["skipped"] = "needs CUDA (FlexAttention has no backward on the CPU)"
+            row["skipped"] = ("needs CUDA (FlexAttention has no backward on the CPU)" if v.attention == "flex_attention"
+                              else "needs CUDA (torch's flash varlen kernel)")
             if v.quantization != "none":
                 row["skipped"] = "refused here: " + (quantization_refusal(work / "model") or "NOT REFUSED")
             continue

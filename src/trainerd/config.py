@@ -51,9 +51,11 @@ class TrainConfig(_Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
-    attention: Literal["auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+    attention: Literal["auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2", "flex_attention",
+                       "varlen"] = Field(
         "auto", description="attention kernel; auto = flash_attention_2 on CUDA when installed, else "
-        "packed_sdpa for packed batches and sdpa otherwise")
+        "packed_sdpa for packed batches and sdpa otherwise; varlen = torch's own flash varlen kernel "
+        "for packed rows (CUDA, torch >= 2.9)")
     compile: bool = Field(False, description="torch.compile the model (Trainer's torch_compile)")
     optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused"] = Field(
         "auto", description="auto = fused AdamW on CUDA, plain AdamW on the CPU")

@@ -175,17 +175,21 @@ def attention_implementation(cfg: TrainConfig) -> str:
         from trainerd.worker import attention
 
         return attention.register()
+    if choice == "varlen":
+        from trainerd.worker import varlen
+
+        return varlen.register()
     return choice
 
 
 def for_saving(model: Any) -> None:
     """Undo training-only settings before weights leave the worker, so a published model
     loads anywhere: the KV cache back on, and no attention name only this process knows."""
-    from trainerd.worker import attention
+    from trainerd.worker import attention, varlen
 
     model.config.use_cache = True
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "_attn_implementation", None) == attention.NAME:
+    if getattr(base.config, "_attn_implementation", None) in (attention.NAME, varlen.NAME):
         base.set_attn_implementation("sdpa")
 
 
