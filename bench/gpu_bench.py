@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _qwen  # noqa: E402
 from _jobs import ENV, chat_rows, make_base, make_job, run_worker  # noqa: E402
 
+from trainerd.jobs import ExitCode  # noqa: E402
+
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0,
                "RTX 4090": 165.2, "RTX 3090": 71.0, "V100": 125.0}
@@ -59,17 +61,17 @@ class Variant:
         return self.quantization != "none" or self.attention in ("flex_attention", "varlen")
 
 
-VARIANTS = [
+VARIANTS = [  # most wanted first: --budget-s skips from the end
     Variant("lora trainerd packed_sdpa", "trainerd", "lora"),
-    Variant("lora trainerd varlen", "trainerd", "lora", "varlen"),
-    Variant("lora trainerd flex_attention", "trainerd", "lora", "flex_attention"),
-    Variant("lora trainerd sdpa (dense mask)", "trainerd", "lora", "sdpa"),
     Variant("lora plain HF padded", "plain", "lora", "sdpa"),
+    Variant("lora trainerd varlen", "trainerd", "lora", "varlen"),
     Variant("full trainerd packed_sdpa", "trainerd", "full"),
-    Variant("full trainerd varlen", "trainerd", "full", "varlen"),
-    Variant("full trainerd flex_attention", "trainerd", "full", "flex_attention"),
     Variant("full plain HF padded", "plain", "full", "sdpa"),
+    Variant("full trainerd varlen", "trainerd", "full", "varlen"),
     Variant("qlora trainerd packed_sdpa", "trainerd", "lora", quantization="4bit"),
+    Variant("lora trainerd flex_attention", "trainerd", "lora", "flex_attention"),
+    Variant("full trainerd flex_attention", "trainerd", "full", "flex_attention"),
+    Variant("lora trainerd sdpa (dense mask)", "trainerd", "lora", "sdpa"),
     Variant("full trainerd FSDP2 2 GPUs", "trainerd", "full", fsdp=True),
 ]
 
@@ -93,11 +95,22 @@ def run_trainerd(v: Variant, work: Path, model: Path, rows: list[dict], a: argpa
                  timeout: float) -> dict:
     layout = make_base(work, model, toml(v, a))
     job = make_job(layout, rows)
+    resumed = ""
+    if any(x and x in v.name for x in a.resume_check.split(",")):  # stop warm, then resume
+        first = run_worker(job, stop_at_step=a.save_every, timeout=timeout / 2)
+        if first["rc"] != ExitCode.STOPPED or not first["rows"]:
+            return {"error": f"warm stop at step {a.save_every}: worker exited {first['rc']}"}
+        resumed = f"stopped at step {first['rows'][-1]['step']}, "
+        timeout -= first["wall"]
     out = run_group(job, layout.base, timeout) if v.fsdp else run_worker(job, timeout=timeout)
     log = (job / "worker.log").read_text()
     if out["rc"] != 0 or not out["rows"]:
         return {"error": f"worker exited {out['rc']}: " + " | ".join(log.strip().splitlines()[-3:])[-600:]}
     steps = out["rows"]
+    if resumed:
+        current = json.loads((layout.current_model / "manifest.json").read_text())
+        resumed += (f"resumed at step {steps[0]['step']}; published {current['version']} "
+                    f"({current['kind']} on {Path(current['base'] or '?').name})")
     prog = json.loads((job / "progress.json").read_text()) if (job / "progress.json").exists() else {}
     beat = json.loads((job / "heartbeat.json").read_text()) if (job / "heartbeat.json").exists() else {}
     # The worker's own clock of its checkpointing phases (Trainer's save + the commit).
@@ -108,7 +121,8 @@ def run_trainerd(v: Variant, work: Path, model: Path, rows: list[dict], a: argpa
             "steps": steps[-1]["step"], "real_tokens": steps[-1]["tokens_done"], "final_loss": steps[-1]["loss"],
             "peak_gpu_bytes": prog.get("gpu_peak_bytes"), "checkpoint_s": saves_s / n_saves,
             "checkpoint_commit_s": prog.get("last_checkpoint_seconds"),
-            "checkpoint_bytes": prog.get("last_checkpoint_bytes"), "process_s": out["wall"]}
+            "checkpoint_bytes": prog.get("last_checkpoint_bytes"), "process_s": out["wall"],
+            **({"note": resumed} if resumed else {})}
 
 
 def run_group(job: Path, base: Path, timeout: float) -> dict:
@@ -214,7 +228,7 @@ def report(results: list[dict], peak: float | None) -> None:
         print(f"{r['name']:34} {_fmt(m, ',.0f'):>9} {_fmt(r.get('step_p50_tokens_per_s'), ',.0f'):>9} "
               f"{_fmt(mfu, '.1%'):>6} {_fmt(r.get('peak_gpu_bytes'), '.2f', 2**30):>9} "
               f"{_fmt(r.get('checkpoint_s'), '.2f'):>7} {_fmt(r.get('checkpoint_bytes'), ',.0f', 1e6):>8} "
-              f"{_fmt(r.get('final_loss'), '.3f'):>7}  {r.get('error') or r.get('skipped') or ''}")
+              f"{_fmt(r.get('final_loss'), '.3f'):>7}  {r.get('error') or r.get('skipped') or r.get('note') or ''}")
     by = {r["name"]: r.get("tokens_per_s") for r in results}
     for method in ("lora", "full"):
         base = by.get(f"{method} plain HF padded")
@@ -230,6 +244,9 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=None, help="default 8 (dry run: 4)")
     ap.add_argument("--save-every", type=int, default=None, help="checkpoint cadence in steps (default 50; dry run: 2)")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only matching variants")
+    ap.add_argument("--resume-check", default="qlora",
+                    help="comma-separated substrings: these variants are stopped warm at --save-every and "
+                         "resumed (QLoRA's checkpoints and resume, checked on the first GPU)")
     ap.add_argument("--budget-s", type=float, default=540, help="skip variants that would start after this")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (default: by name)")
     ap.add_argument("--work-dir", type=Path)
