@@ -16,9 +16,12 @@ processes (torch's fully_shard itself runs on gloo; accelerate does not use it t
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from trainerd.config import TrainConfig
+
+log = logging.getLogger("trainerd.worker.fsdp")
 
 
 def problem(fsdp: bool) -> str | None:
@@ -61,3 +64,13 @@ def check_applied(trainer: Any, t: TrainConfig) -> None:
         raise RuntimeError(f"train.fsdp = {t.fsdp} was not applied by Trainer/accelerate on this machine "
                            "(distributed type " f"{trainer.accelerator.distributed_type}); set fsdp = [] "
                            "or run on GPUs")
+
+
+def gather(trainer: Any, t: TrainConfig) -> dict[str, Any] | None:
+    """The full weights of a sharded model, on rank 0 (a collective every rank must join;
+    the other ranks get an empty dict); None without FSDP."""
+    if not t.fsdp:
+        return None
+    kind = type(next(trainer.model.parameters())).__name__  # DTensor under FSDP2
+    log.info("trained with FSDP (parameters: %s); gathering the full weights on rank 0", kind)
+    return trainer.accelerator.get_state_dict(trainer.model)

@@ -447,9 +447,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     progress = Progress(job_dir, attempt, ds, per_step)
     ctl = Control(stop, cfg, job_dir)
     probe = evals.callback(layout, cfg, job_dir, attempt, tokenizer, stop)
-    if cfg.train.fsdp:  # rank 0 alone runs the evals; a sharded model's forward needs every rank
-        if probe is not None:
-            log.warning("train.fsdp: no probe evals, gate or forgetting scores for this job (docs/MODELS.md)")
+    if cfg.train.fsdp and probe is not None:  # rank 0 alone runs evals; a sharded forward needs all
+        log.warning("train.fsdp: no probe evals, gate or forgetting scores for this job (docs/MODELS.md)")
         probe = None
     # The parent's scores for the gate and the forgetting matrix: on the model as loaded,
     # before any step (rank 0 alone; worker/recall.py).
@@ -482,12 +481,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         log.info("stopped at step %d/%d with a checkpoint (%s)", trainer.state.global_step,
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
-    # A sharded model's full weights, gathered on rank 0 (a collective: every rank joins).
-    gathered = None
-    if cfg.train.fsdp:
-        kind = type(next(trainer.model.parameters())).__name__  # DTensor under FSDP2
-        log.info("trained with FSDP over %d ranks (parameters: %s); gathering the full weights", world, kind)
-        gathered = trainer.accelerator.get_state_dict(trainer.model)
+    gathered = fsdp.gather(trainer, cfg.train)  # a sharded model's weights: every rank joins
     if trainer.is_world_process_zero():
         heartbeat.phase("eval", trainer.state.global_step)  # the gate's scoring is an eval
         # After the last step, before publishing: the candidate's scores and the gate's verdict.
