@@ -175,7 +175,7 @@ def run_trainerd(base: Path, model_dir: Path, data: Path, a: argparse.Namespace,
     from trainerd.jobs import METRICS, Priority
     from trainerd.paths import Layout
     from trainerd.queue import Queue
-    from trainerd.worker.data import CACHE, data_order
+    from trainerd.worker.data import CACHE, training_order
 
     layout = Layout.at(base)
     layout.ensure()
@@ -207,7 +207,8 @@ def run_trainerd(base: Path, model_dir: Path, data: Path, a: argparse.Namespace,
     _, trainable, offsets, _ = tokcache.load(ref.path / CACHE)
     lengths, targets = np.diff(offsets), int(trainable.sum())
     seed = (load_config(layout.config).train.seed ^ meta.seed) & 0x7FFFFFFF
-    ordered = lengths[data_order(len(lengths), seed)]
+    # The worker's own order (train.group_by_length on by default); a step = micro_batch examples.
+    ordered = lengths[training_order(lengths, seed, a.micro_batch, True)]
     mb = a.micro_batch // nproc  # a group's rows are per rank; the sum is the same
     computed = int(ordered.sum()) if packing else \
         sum(len(ordered[i:i + mb]) * int(ordered[i:i + mb].max()) for i in range(0, len(ordered), mb))

@@ -47,6 +47,8 @@ class TrainConfig(_Section):
     max_seq_len: int = Field(1024, ge=8)
     overlength: Literal["fail", "drop", "truncate"] = "fail"
     packing: bool = Field(True, description="padding-free batches (flattened, per-example position ids)")
+    group_by_length: bool = Field(True, description="each optimizer step trains examples of similar "
+                                  "lengths (sorted within seeded mega-batches of 50 steps); false = plain shuffle")
     seed: int = 1234
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -252,6 +254,7 @@ grad_accum = 1               # effective batch = micro_batch_size * grad_accum
 max_seq_len = 1024           # tokens per example
 overlength = "fail"          # what to do with longer examples: "fail", "drop", "truncate"
 packing = true               # padding-free batches; attention never crosses examples
+group_by_length = true       # a step's examples of similar lengths (less padding, fewer kernels)
 seed = 1234                  # data order of a job = f(seed, job id); resumes skip exactly
 threads = 0                  # CPU threads for torch; 0 = library default
 precision = "auto"           # "auto" (bf16 where supported), "fp32", "bf16", "fp16"

@@ -139,21 +139,29 @@ def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
     for conv in (CONV, {"messages": CONV["messages"][:3]}, {"prompt": "2+2=", "completion": " 4"}):
         [(ids, mask)] = tokenize_example(conv, tok)
         examples.append({"input_ids": ids, "labels": [i if m else -100 for i, m in zip(ids, mask, strict=True)]})
-    batch = collator(Config(base_model="x"), tok)(examples)
+    batch = collator(Config(base_model="x"), tok, model)(examples)
     assert batch["input_ids"].shape[0] == 1  # one row: no padding at all
+    # Logits only where a trained token is predicted (worker/train.py trained_logits_only).
+    kept = batch["logits_to_keep"].tolist()
+    assert len(kept) == sum(sum(x != -100 for x in ex["labels"][1:]) for ex in examples)
     with torch.no_grad():
         out = model(**batch)
-        total, count, start = 0.0, 0, 0
+        assert out.logits.shape[1] == len(kept)
+        total, count, start, expected = 0.0, 0, 0, []
         for ex in examples:
             ids = torch.tensor([ex["input_ids"]])
             alone = model(input_ids=ids, labels=torch.tensor([ex["labels"]]))
             n = int((torch.tensor(ex["labels"][1:]) != -100).sum())
             total += float(alone.loss) * n
             count += n
-            torch.testing.assert_close(out.logits[0, start:start + ids.shape[1]], alone.logits[0],
-                                       rtol=1e-4, atol=1e-4)
+            trained = [t for t in range(ids.shape[1] - 1) if ex["labels"][t + 1] != -100]
+            assert [start + t for t in trained] == kept[len(expected):len(expected) + n]
+            expected += [alone.logits[0, t] for t in trained]
             start += ids.shape[1]
+        torch.testing.assert_close(out.logits[0], torch.stack(expected), rtol=1e-4, atol=1e-4)
+        full = model(**{k: v for k, v in batch.items() if k not in ("logits_to_keep", "shift_labels")})
     torch.testing.assert_close(out.loss, torch.tensor(total / count), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss, full.loss, rtol=1e-6, atol=1e-6)  # trimming changes no loss
 
 
 def test_packed_sdpa_segments_and_fallbacks(tiny_model):

@@ -22,7 +22,7 @@ from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.paths import Layout
 from trainerd.worker import checkpoints, heartbeat, models, preflight
-from trainerd.worker.data import JobDataset, data_order, prepare
+from trainerd.worker.data import JobDataset, prepare, training_order
 
 if TYPE_CHECKING:
     from trainerd.worker.main import StopFlag
@@ -343,7 +343,7 @@ def training_arguments(cfg: Config, output_dir: Path, seed: int):
     )
 
 
-def collator(cfg: Config, tokenizer: Any):
+def collator(cfg: Config, tokenizer: Any, model: Any = None):
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if cfg.train.packing:
@@ -352,12 +352,36 @@ def collator(cfg: Config, tokenizer: Any):
         # has no KV cache; with a cache, attention silently crosses examples. So every
         # batch carries use_cache=False itself, whatever the model's config says.
         flatten = DataCollatorWithFlattening(return_position_ids=True)
+        trim = model is not None and keeps_logits(model)
 
         def packed(features: list[dict]) -> dict:
-            return {**flatten(features), "use_cache": False}
+            batch = {**flatten(features), "use_cache": False}
+            return trained_logits_only(batch) if trim else batch
 
         return packed
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+
+
+def keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def trained_logits_only(batch: dict) -> dict:
+    """Logits, and the loss, only at the positions that predict a trained token: a prompt
+    token's logits cost a vocabulary-wide projection and cross-entropy, forward and
+    backward, for a label of -100. `shift_labels` are the targets of exactly those
+    positions, so the loss is the same sum over the same tokens (and Trainer counts them
+    for its token-weighted mean). One packed row only: the positions index the sequence."""
+    import torch
+
+    labels = batch["labels"]
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    keep = torch.nonzero(shifted[0] != -100).flatten()
+    return {**batch, "logits_to_keep": keep, "shift_labels": shifted[:, keep]}
 
 
 def _stop_before_training(stop: StopFlag, during: str) -> bool:
@@ -407,9 +431,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     if _stop_before_training(stop, "tokenizing"):
         return ExitCode.STOPPED
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
-    ds = JobDataset(tok, data_order(len(tok), seed))
     log.info("%s: %d examples as %d sequences (%d dropped, %d truncated), %d tokens; model %s (%s)",
-             meta.id, tok.examples, len(ds), tok.dropped, tok.truncated, int(tok.offsets[-1]),
+             meta.id, tok.examples, len(tok), tok.dropped, tok.truncated, int(tok.offsets[-1]),
              parent.version, parent.kind)
 
     ckpt_meta = {"job_id": meta.id, "model_version": parent.version, "method": cfg.train.method,
@@ -433,6 +456,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         log.info("out-of-memory fallback: micro-batch %d x grad_accum %d (same effective batch %d)",
                  mb, effective // mb, effective)
     per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world
+    ds = JobDataset(tok, training_order(tok.lengths(), seed, per_step, cfg.train.group_by_length))
     # A group shards micro-batches round-robin and needs as many on every rank; filler
     # items (one token, no label) complete the last round instead of accelerate's default
     # of training the epoch's first examples a second time.
@@ -449,7 +473,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
         train_dataset=ds,
-        data_collator=collator(cfg, tokenizer),
+        data_collator=collator(cfg, tokenizer, model),
         callbacks=[ctl, progress, Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep),
                    *([probe] if probe else [])],
     )
