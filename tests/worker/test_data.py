@@ -127,7 +127,7 @@ def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
     from transformers import AutoModelForCausalLM
 
     from trainerd.config import Config
-    from trainerd.worker.train import collator
+    from trainerd.worker.collate import collator
 
     if attn == "packed_sdpa":  # trainerd's per-example SDPA (worker/attention.py), the default
         from trainerd.worker import attention
