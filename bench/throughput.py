@@ -8,7 +8,7 @@ threads, fp32 on the CPU):
                 supervisor starts it, with the default packing (padding-free
                 DataCollatorWithFlattening). The base dir is laid out like tests/conftest.py
                 make_base does, and the job goes in through Queue.submit + Queue.claim.
-  b  plain HF   the script a user would write by hand (`_plain_main`, its own process):
+  b  plain HF   the script a user would write by hand (bench/plain_hf.py, its own process):
                 apply_chat_template with the assistant-token mask, labels -100 elsewhere,
                 DataCollatorForSeq2Seq padding, get_peft_model + Trainer.
   c  padded     trainerd's worker again, with `packing = false` in [train].
@@ -224,7 +224,7 @@ def run_trainerd(base: Path, model_dir: Path, data: Path, a: argparse.Namespace,
     }
 
 
-# --------------------------------------------------------------------------- b
+# --------------------------------------------------------------------------- b, e, g
 def run_plain(work: Path, model_dir: Path, data: Path, a: argparse.Namespace, variant: str) -> dict:
     out = work / "result.json"
     spec = {"model": str(model_dir), "data": str(data), "out": str(work), "result": str(out),
@@ -234,7 +234,7 @@ def run_plain(work: Path, model_dir: Path, data: Path, a: argparse.Namespace, va
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with open(work / "plain.log", "wb") as f:
-        proc = subprocess.run([sys.executable, __file__, "--_plain", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, str(Path(__file__).with_name("plain_hf.py")), json.dumps(spec)],
                               stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                               env={**os.environ, **ENV})
     wall = time.monotonic() - t0
@@ -242,82 +242,6 @@ def run_plain(work: Path, model_dir: Path, data: Path, a: argparse.Namespace, va
         raise SystemExit(f"plain HF script exited {proc.returncode}; log:\n"
                          f"{(work / 'plain.log').read_text()[-4000:]}")
     return {**json.loads(out.read_text()), "process_s": wall}
-
-
-def _plain_main(spec: dict) -> None:
-    """The hand-written baseline: what a competent user writes with Trainer + PEFT."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        DataCollatorForSeq2Seq,
-        DataCollatorWithFlattening,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
-
-    torch.set_num_threads(spec["threads"])
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-
-    def tokenize(example: dict) -> dict:
-        out = tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        ids, keep = list(out["input_ids"]), out["assistant_masks"]
-        return {"input_ids": ids, "attention_mask": [1] * len(ids),
-                "labels": [t if m else -100 for t, m in zip(ids, keep, strict=True)]}
-
-    with open(spec["data"]) as f:
-        train = [tokenize(json.loads(line)) for line in f if line.strip()]
-
-    model = AutoModelForCausalLM.from_pretrained(spec["model"])
-    model.config.use_cache = False  # training keeps no KV cache (and flattening needs none)
-    model = get_peft_model(model, LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.0,
-                                             target_modules="all-linear", task_type="CAUSAL_LM"))
-    args = TrainingArguments(
-        output_dir=spec["out"], num_train_epochs=1, per_device_train_batch_size=spec["micro_batch"],
-        learning_rate=spec["lr"], lr_scheduler_type="constant_with_warmup",
-        warmup_steps=spec["warmup"], logging_steps=LAST_N, save_strategy="no", report_to=[],
-        seed=spec["seed"], use_cpu=True, disable_tqdm=True,
-        train_sampling_strategy="group_by_length" if spec["group_by_length"] else "random",
-    )
-    collator = (DataCollatorWithFlattening(return_position_ids=True) if spec["flatten"] else
-                DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
-    batch_tokens: list[int] = []  # real tokens of each micro-batch, in training order
-    padded = [0]
-
-    def counting_collator(features):  # measurement only: two integer sums a batch
-        batch = collator(features)
-        mask = batch.get("attention_mask")  # a flattened row has none: every token is real
-        batch_tokens.append(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
-        padded[0] += batch["input_ids"].numel()
-        return batch
-
-    step_ends: list[float] = []
-
-    class StepClock(TrainerCallback):  # measurement only: one clock read a step
-        def on_step_end(self, args, state, control, **kw):
-            step_ends.append(time.monotonic())
-
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=counting_collator,
-                      callbacks=[StepClock()])
-    t0 = time.monotonic()
-    result = trainer.train()
-    seconds = time.monotonic() - t0
-
-    real = sum(len(x["input_ids"]) for x in train)
-    assert sum(batch_tokens) == real and len(batch_tokens) == len(step_ends), "one batch a step"
-    per_step = [n / (end - start) for n, (start, end) in
-                zip(batch_tokens[1:], pairwise(step_ends), strict=True)]
-    logs = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    Path(spec["result"]).write_text(json.dumps({
-        "real_tokens": real, "steps": trainer.state.global_step, "train_s": seconds,
-        "tokens_per_s": real / seconds, "step_p50_tokens_per_s": statistics.median(per_step),
-        "computed_tokens": padded[0],
-        "target_tokens": sum(sum(t != -100 for t in x["labels"]) for x in train),
-        "final_loss": logs[-1] if logs else result.training_loss, "mean_loss": result.training_loss,
-    }))
 
 
 # --------------------------------------------------------------------------- machine load
@@ -360,7 +284,7 @@ def _fmt(x: float | None, spec: str) -> str:
 
 NAMES = {"a": "trainerd (packed)", "b": "plain HF + PEFT", "c": "trainerd (padded)",
          "d": "trainerd 2 procs", "e": "HF flattening", "g": "HF group_by_len"}
-PLAIN = "beg"  # the variants run by _plain_main
+PLAIN = "beg"  # the variants run by bench/plain_hf.py
 TARGETS = (("a", "b", "trainerd vs plain HF", 1.7), ("a", "e", "vs HF flattening", 1.05),
            ("a", "g", "vs HF group_by_length", 1.05), ("a", "c", "packed vs padded", 1.0),
            ("d", "a", "2 procs vs 1 (same cores)", 1.0))
@@ -392,10 +316,7 @@ def main() -> None:
                          "go quiet (0: do not wait); the load they caused is reported either way")
     ap.add_argument("--work-dir", type=Path, default=None, help="keep files here (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
-    ap.add_argument("--_plain", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a._plain:
-        return _plain_main(json.loads(a._plain))
     if unknown := set(a.variants) - set(NAMES):
         ap.error(f"--variants: unknown {''.join(sorted(unknown))}; choose from {''.join(NAMES)}")
 
