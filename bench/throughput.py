@@ -24,7 +24,8 @@ threads, fp32 on the CPU):
                 with half the threads and half the micro-batch: the same cores and the same
                 effective batch as a, so d/a is the scaling of the group path on a CPU.
 
-Columns: `real tok` non-pad tokens trained (must be equal for all), `computed` tokens the
+Columns: `real tok` non-pad tokens run (HF's rendering keeps one untrained newline a
+conversation more than trainerd's; the trained-token count must be equal for all), `computed` tokens the
 model actually ran (padding included), `steps` optimizer steps (must be equal), `tok/s`
 real tokens per second of training (a, c: `tokens_per_s` of the job's last metrics.jsonl
 row, timed by the worker from train begin; b, e, g: over the wall time of `trainer.train()`
@@ -381,9 +382,11 @@ def main() -> None:
 
     same = {k: sorted({r[k] for runs in results.values() for r in runs})
             for k in ("real_tokens", "target_tokens", "steps")}
-    print(f"same work: real tokens {same['real_tokens']}, trained (label) tokens "
-          f"{same['target_tokens']}, optimizer steps {same['steps']} -> "
-          f"{'OK' if all(len(v) == 1 for v in same.values()) else 'MISMATCH'}")
+    # Real tokens may differ by one a conversation: HF's rendering keeps the untrained newline
+    # after the last <|im_end|>, trainerd's chat encoder ends there. Trained tokens must not.
+    print(f"same work: trained (label) tokens {same['target_tokens']}, optimizer steps {same['steps']} -> "
+          f"{'OK' if len(same['target_tokens']) == len(same['steps']) == 1 else 'MISMATCH'}; "
+          f"real tokens {same['real_tokens']}")
     def median(key: str) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
         for v, runs in results.items():
