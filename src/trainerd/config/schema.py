@@ -48,6 +48,8 @@ class TrainConfig(_Section):
         "fail", description="what a longer example does: \"fail\" the job, \"drop\" the example, \"truncate\" it")
     packing: bool = Field(True, description="padding-free batches (flattened, per-example position ids); "
                           "attention never crosses examples")
+    group_by_length: bool = Field(True, description="each optimizer step trains examples of similar "
+                                  "lengths (sorted within seeded mega-batches of 50 steps); false = plain shuffle")
     seed: int = Field(1234, description="data order of a job = f(seed, job id), so a resume skips exactly "
                       "what was trained")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default")

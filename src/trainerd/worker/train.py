@@ -24,7 +24,8 @@ from trainerd.line.refs import NoSuchModel, current, published_version, resolve
 from trainerd.line.replay import REPLAY_JSONL, replay_for_job
 from trainerd.paths import Layout
 from trainerd.worker import checkpoints, fsdp, heartbeat, models, preflight
-from trainerd.worker.data import JobDataset, data_order, prepare
+from trainerd.worker.collate import collator
+from trainerd.worker.data import JobDataset, prepare, training_order
 from trainerd.worker.errors import DiskLow, HostMemoryExceeded, NonFiniteLoss
 from trainerd.worker.lineboard import summary_writer
 
@@ -327,23 +328,6 @@ def training_arguments(cfg: Config, output_dir: Path, seed: int):
     )
 
 
-def collator(cfg: Config, tokenizer: Any):
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
-
-    if cfg.train.packing:
-        # Padding-free: one row per micro-batch, position ids restart at every example.
-        # HF builds the block-diagonal mask from those position ids only when the forward
-        # has no KV cache; with a cache, attention silently crosses examples. So every
-        # batch carries use_cache=False itself, whatever the model's config says.
-        flatten = DataCollatorWithFlattening(return_position_ids=True)
-
-        def packed(features: list[dict]) -> dict:
-            return {**flatten(features), "use_cache": False}
-
-        return packed
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
-
-
 def _stop_before_training(stop: StopFlag, during: str) -> bool:
     """A stop that arrives while the worker starts is honoured at the next of these points
     (nothing is trained yet, so nothing is lost), on every rank of a group together."""
@@ -403,9 +387,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     if _stop_before_training(stop, "tokenizing"):
         return ExitCode.STOPPED
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
-    ds = JobDataset(tok, data_order(len(tok), seed))
     log.info("%s: %d examples as %d sequences (%d dropped, %d truncated), %d tokens; model %s (%s)",
-             meta.id, tok.examples, len(ds), tok.dropped, tok.truncated, int(tok.offsets[-1]),
+             meta.id, tok.examples, len(tok), tok.dropped, tok.truncated, int(tok.offsets[-1]),
              parent.version, parent.kind)
 
     ckpt_meta = {"job_id": meta.id, "model_version": parent.version, "method": cfg.train.method,
@@ -429,6 +412,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         log.info("out-of-memory fallback: micro-batch %d x grad_accum %d (same effective batch %d)",
                  mb, effective // mb, effective)
     per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world
+    ds = JobDataset(tok, training_order(tok.lengths(), seed, per_step, cfg.train.group_by_length))
     # A group shards micro-batches round-robin and needs as many on every rank; filler
     # items (one token, no label) complete the last round instead of accelerate's default
     # of training the epoch's first examples a second time.
@@ -448,7 +432,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
         train_dataset=ds,
-        data_collator=collator(cfg, tokenizer),
+        data_collator=collator(cfg, tokenizer, model),
         callbacks=[ctl, progress, Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep),
                    *([probe] if probe else [])],
     )
