@@ -60,6 +60,8 @@ class TrainConfig(_Section):
     max_host_memory_gb: float = Field(
         0, ge=0, description="worker RSS ceiling; above it the micro-batch is halved (0 = off)"
     )
+    warm_jobs: int = Field(8, ge=1, le=10000, description="jobs one worker process may train in a row, the model "
+                           "kept loaded (trainerd.worker.warm); 1 = a fresh process for every job")
     nproc: int = Field(1, ge=1, le=1024, description="processes per node; above 1 the worker runs under torchrun")
     torchrun_args: list[str] = Field(
         default_factory=list, description="extra torchrun arguments, e.g. ['--nnodes=2', "
@@ -261,6 +263,7 @@ attention = "auto"           # "auto": flash_attention_2 on CUDA if installed, e
 compile = false              # torch.compile the model (pays off on long jobs on a GPU)
 optimizer = "auto"           # "auto" (fused AdamW on CUDA), "adamw_torch", "adamw_torch_fused"
 max_host_memory_gb = 0       # worker RSS ceiling; over it: halve the micro-batch and resume (0 = off)
+warm_jobs = 8                # jobs one worker process trains in a row, model kept loaded; 1 = one each
 nproc = 1                    # processes (GPUs) per node; above 1 the worker runs under torchrun (DDP)
 torchrun_args = []           # multi-node: ["--nnodes=2", "--node-rank=0", "--rdzv-backend=c10d",
                              #              "--rdzv-endpoint=HOST:29500"]; default --standalone

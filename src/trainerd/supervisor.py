@@ -29,6 +29,7 @@ from trainerd import atomic, control, guards, oplog, preflight, wishes
 from trainerd.config import Config, load_config
 from trainerd.control import Desired
 from trainerd.gpugate import TrainingHold
+from trainerd.handoff import Handoff
 from trainerd.jobs import (
     EVALS,
     HEARTBEAT_JSON,
@@ -167,6 +168,7 @@ class Supervisor:
         self._started = False  # start-up writes done (see _startup)
         self.publisher = Publisher(layout, cfg, self._event)  # [publish] hooks, on their own threads
         self.gpu = TrainingHold(layout)  # run/gpu.lock: no ad-hoc generation on the GPU while training
+        self.handoff = Handoff(self.wake)  # workers' reports; a warm worker's next job (trainerd.handoff)
 
     # ------------------------------------------------------------ plumbing
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
@@ -249,6 +251,7 @@ class Supervisor:
             return self._loop()
         finally:
             self.stage.stop()
+            self.handoff.stop()
             self.house.stop()
             self.publisher.stop()
             self.gpu.release()
@@ -406,6 +409,7 @@ class Supervisor:
                 log.warning("paused (%s); exiting with status %d (--once)", self._pause_reason(), EXIT_PAUSED)
                 self.exit_code = EXIT_PAUSED
                 return True
+        self.handoff.settle(busy=self.running is not None)  # a warm worker not handed a job now goes
         self._write_status()
         return False
 
@@ -473,12 +477,16 @@ class Supervisor:
             with contextlib.suppress(OSError):  # a header for people; a full disk must not stop the spawn
                 log_f.write(f"\n=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
                 log_f.flush()
-            proc = subprocess.Popen(
-                [*cmd, str(ref.path), "--base-dir", str(self.layout.base)],
-                stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, env=env,
-                # Own session: a terminal's Ctrl+C reaches only the daemon, which decides.
-                start_new_session=True,
-            )
+            # A warm worker (trainerd.handoff) takes the job if one is idle; else a new process.
+            proc = None if group else self.handoff.take(ref)
+            if proc is None:
+                proc = self.handoff.start(
+                    [*cmd, str(ref.path), "--base-dir", str(self.layout.base)],
+                    warm_jobs=1 if group else self.cfg.train.warm_jobs, env=env,
+                    stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT,
+                    # Own session: a terminal's Ctrl+C reaches only the daemon, which decides.
+                    start_new_session=True,
+                )
         # Watched from here on, whatever happens next: a worker the daemon forgot would train
         # on beside the next attempt of the same job.
         self.running = Running(ref, proc, attempt, group=group,
@@ -512,7 +520,8 @@ class Supervisor:
     def _watch_worker(self, wish: control.Wish, warm: bool, cold: bool) -> None:
         r = self.running
         assert r is not None
-        rc = r.proc.poll()
+        # The worker's report of this job (a warm worker lives on) or its exit status.
+        rc = self.handoff.poll(r.proc, r.ref, keep=r.stop_sent_at is None and r.skip is None)
         if rc is None:
             skip = control.read_skip(self.layout)
             if skip is not None and skip.job_id == r.ref.id:

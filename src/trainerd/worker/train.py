@@ -21,11 +21,12 @@ from trainerd import __version__, atomic, guards, lifecycle
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.paths import Layout
-from trainerd.worker import checkpoints, heartbeat, models, preflight
+from trainerd.worker import checkpoints, heartbeat, models, preflight, timing
 from trainerd.worker.data import JobDataset, data_order, prepare
 
 if TYPE_CHECKING:
     from trainerd.worker.main import StopFlag
+    from trainerd.worker.warm import Carry
 
 log = logging.getLogger("trainerd.worker.train")
 
@@ -369,7 +370,7 @@ def _stop_before_training(stop: StopFlag, during: str) -> bool:
     return stopping
 
 
-def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
+def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None = None) -> ExitCode:
     import torch
 
     from trainerd.worker import evals, lineboard, recall
@@ -387,9 +388,14 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         return ExitCode.FINISHED
 
     parent = models.current(layout, cfg)
+    # A warm worker's previous job published `parent` from this very model: no load.
+    kept = carry.take(parent, cfg) if carry is not None else None
+    timing.mark("resolve")
     # The daemon's preflight, again here: a model that vanished or a template that raises
     # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
-    tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
+    tokenizer = kept.tokenizer if kept else \
+        models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
+    timing.mark("tokenizer")
     init_distributed()
     world = _world()[1]
 
@@ -403,6 +409,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
 
     heartbeat.phase("tokenizing")
     replay, tok = rank0_first(prepare_data)  # one writer of replay.jsonl and the token cache
+    timing.mark("data")
     heartbeat.phase("loading")
     if _stop_before_training(stop, "tokenizing"):
         return ExitCode.STOPPED
@@ -423,7 +430,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                  man.get("examples_done"))
 
     torch.manual_seed(seed)
-    model = models.load_for_training(parent, cfg.train)
+    model = kept.model if kept else models.load_for_training(parent, cfg.train)
+    del kept  # the carry holds it until the next keep or drop
+    timing.mark("model_load")
     if _stop_before_training(stop, "loading the model"):
         return ExitCode.STOPPED
     if meta.micro_batch_size and meta.micro_batch_size != cfg.train.micro_batch_size:
@@ -445,6 +454,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     # before any step (rank 0 alone; worker/recall.py).
     scorer = recall.start(layout, cfg, meta, parent, tokenizer, job_dir, model,
                           probe.probe if probe else None) if _world()[0] == 0 else None
+    timing.mark("parent_scores")
     trainer = _job_trainer()(
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
@@ -463,7 +473,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         trainer.add_callback(tb)
         if probe is not None:
             probe.tb = tb  # probe scalars beside the training ones
+    timing.mark("trainer_setup")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    timing.mark("train")
 
     if ctl.disk_low:
         raise DiskLow(f"stopped at step {trainer.state.global_step} before checkpointing: {ctl.disk_low}")
@@ -477,6 +489,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         scored = scorer.after(trainer.model, probe.final_row if probe else None) if scorer else {}
         if line is not None:
             line.scores(trainer.state.global_step, scored)
+        timing.mark("candidate_scores")
         heartbeat.phase("publishing", trainer.state.global_step)
         models.for_saving(trainer.model)
         held = scored.get("gate", {}).get("action") == "held"
@@ -488,5 +501,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                                   "line_step": lineboard.offset(parent) + trainer.state.global_step},
                                  make_current=not held)
         log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
+        if carry is not None:
+            carry.keep(trainer.model, tokenizer, version, layout, held)
         checkpoints.clear(job_dir)
+        timing.mark("publish")
     return ExitCode.FINISHED
