@@ -9,8 +9,9 @@ is timed from its start to its exit on the empty queue (best of --repeat). The r
 N files / one file is the per-job tax (goal <= 1.2). Then, from the N-file run, where a
 job's time went: the worker's own spans (worker-timings.json: imports, model load,
 tokenizer, data, parent scores, trainer setup, train, candidate scores, publish) and the
-daemon's (spawn: attempt recorded -> worker process created; exit: worker done -> attempt
-end recorded; gap: attempt end -> next attempt start).
+daemon's (spawn+interpreter: attempt recorded -> the worker's main() runs, or the hand-over
+to a warm worker; exit: worker done -> attempt end recorded, the process's exit included for
+a fresh worker; gap: attempt end recorded -> next attempt start recorded).
 
 Models: `tiny` is worker/tiny.py's (hidden 64, 2 layers, ~175K parameters, warmed);
 `mid` is the same tokenizer on a random-init Qwen2 of hidden 512, 8 layers (~30M
@@ -50,7 +51,7 @@ fraction = 0
 """
 MODELS = {"tiny": {"hidden_size": 64, "layers": 2, "warm_steps": 40},
           "mid": {"hidden_size": 512, "layers": 8, "warm_steps": 0}}
-WORKER_SPANS = ("python_start", "imports", "resolve", "tokenizer", "data", "model_load", "parent_scores",
+WORKER_SPANS = ("imports", "resolve", "tokenizer", "data", "model_load", "parent_scores",
                 "trainer_setup", "train", "candidate_scores", "publish")
 
 
@@ -88,7 +89,7 @@ def breakdown(layout: Layout) -> dict[str, list[float]]:
     for i, (start, end, t) in enumerate(jobs):
         for k in WORKER_SPANS:
             out.setdefault(k, []).append(t["spans"].get(k, 0.0))
-        out.setdefault("daemon: spawn", []).append(max(0.0, t["started_at"] - start) if t.get("fresh", True) else 0.0)
+        out.setdefault("spawn+interpreter", []).append(t["started_at"] - start)
         out.setdefault("daemon: exit", []).append(end - t["ended_at"])
         if i + 1 < len(jobs):
             out.setdefault("daemon: gap", []).append(jobs[i + 1][0] - end)

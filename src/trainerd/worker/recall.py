@@ -96,7 +96,8 @@ class Scorer:
         out: dict[str, float | None] = {}
         with evals.isolated(model):
             for job in jobs:
-                per = evals.example_losses(model, self.sets[job].examples, lambda: time.monotonic() >= deadline)
+                per = evals.example_losses(model, self.sets[job].examples, lambda: time.monotonic() >= deadline,
+                                           self.cfg.train.packing)
                 tokens = sum(n for _, n in per)
                 if len(per) < len(self.sets[job].examples) or not tokens:
                     self.problem = self.problem or f"recall eval timed out after {self.cfg.eval.max_seconds:g}s"
@@ -112,7 +113,8 @@ class Scorer:
         if self.probe is None:
             return None
         e = self.cfg.eval
-        return _probe_part(evals.evaluate(model, self.tokenizer, self.probe, e.max_new_tokens, e.max_seconds))
+        return _probe_part(evals.evaluate(model, self.tokenizer, self.probe, e.max_new_tokens, e.max_seconds,
+                                          packed=self.cfg.train.packing))
 
     def before(self, model: Any) -> dict[str, Any]:
         """The parent's scores: from its manifest where it has them for this probe set and

@@ -18,9 +18,9 @@ from trainerd.jobs import WORKER_TIMINGS
 
 
 class Spans:
-    def __init__(self, since: float | None = None):
-        self.started_at = time.time() if since is None else since  # wall clock, for the bench
-        self._last = time.monotonic() - (time.time() - self.started_at)
+    def __init__(self) -> None:
+        self.started_at = time.time()  # wall clock: the daemon's records are in it too
+        self._last = time.monotonic()
         self.spans: dict[str, float] = {}
 
     def mark(self, name: str) -> None:
@@ -37,10 +37,10 @@ class Spans:
 _current: Spans | None = None
 
 
-def begin(since: float | None = None) -> Spans:
-    """Start timing an attempt (`since`: its true start, e.g. the process's creation)."""
+def begin() -> Spans:
+    """Start timing an attempt."""
     global _current
-    _current = Spans(since)
+    _current = Spans()
     return _current
 
 
