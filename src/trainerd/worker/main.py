@@ -155,6 +155,13 @@ def _freeze_import_heap() -> None:
 
     global _heap_frozen
     if not _heap_frozen:
+        # What run_job would import on its way (Trainer's stack is most of it), imported
+        # now so that it is frozen too.
+        import peft  # noqa: F401
+        from transformers import Trainer, TrainingArguments  # noqa: F401
+
+        from trainerd.worker import evals, lineboard, recall  # noqa: F401
+
         gc.freeze()
         _heap_frozen = True
 
@@ -182,8 +189,8 @@ def _attempt(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None 
         from trainerd.worker.preflight import ModelUnavailable
         from trainerd.worker.train import DiskLow, NonFiniteLoss, run_job
 
-        timing.mark("imports")  # torch, transformers, peft
         _freeze_import_heap()
+        timing.mark("imports")  # torch, transformers, peft
 
         try:
             code = int(run_job(job_dir, layout, stop, carry))

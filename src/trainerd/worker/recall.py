@@ -91,13 +91,19 @@ class Scorer:
                 self.sets[job] = p
 
     def _recall(self, model: Any, jobs: list[str]) -> dict[str, float | None]:
-        """Loss per job's sample; per-tag losses (eval.group_by) go to self.recall_groups."""
+        """Loss per job's sample; per-tag losses (eval.group_by) go to self.recall_groups.
+        All the jobs' samples in one pass: packed rows then span jobs, a few forwards for
+        the whole window instead of one (or one per example) per job."""
         deadline = time.monotonic() + self.cfg.eval.max_seconds
         out: dict[str, float | None] = {}
         with evals.isolated(model):
+            every = [ex for job in jobs for ex in self.sets[job].examples]
+            scored = evals.example_losses(model, every, lambda: time.monotonic() >= deadline,
+                                          self.cfg.train.packing)
+            start = 0
             for job in jobs:
-                per = evals.example_losses(model, self.sets[job].examples, lambda: time.monotonic() >= deadline,
-                                           self.cfg.train.packing)
+                per = scored[start:start + len(self.sets[job].examples)]
+                start += len(self.sets[job].examples)
                 tokens = sum(n for _, n in per)
                 if len(per) < len(self.sets[job].examples) or not tokens:
                     self.problem = self.problem or f"recall eval timed out after {self.cfg.eval.max_seconds:g}s"
