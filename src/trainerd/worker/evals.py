@@ -231,7 +231,7 @@ def example_losses(model: Any, examples: list[tuple[list[int], list[int]]],
     one long example's would (a batch x a large vocabulary would not fit beside training).
     One forward per example was most of a small job's eval time (bench/per_job.py)."""
     device = next(model.parameters()).device
-    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
     row_tokens = PACKED_LOGITS // vocab if packed and vocab else 0
     out: list[tuple[float, int]] = []
     i = 0
