@@ -43,6 +43,7 @@ def build(base: Path, jobs: int, versions: int) -> Path:
     from trainerd.jobs import Attempt, JobMeta, Outcome
     from trainerd.ledger import Ledger
     from trainerd.paths import Layout
+    from trainerd.queue import save_meta  # the queue writes job.json, as the daemon would have
 
     init_base(base, base_model="unused-model")
     layout = Layout.at(base)
@@ -54,10 +55,10 @@ def build(base: Path, jobs: int, versions: int) -> Path:
         job_id = f"{time.strftime('%Y%m%dT%H%M%S', t)}-{i % 1_000_000:06d}-file{i}.jsonl"
         d = layout.done / job_id
         d.mkdir(parents=True)
-        JobMeta(id=job_id, original_name=f"file{i}.jsonl", sha256="0" * 64, size=100, examples=8,
-                submitted_at=arrived, examples_done=8, steps_done=2, first_loss=2.5, last_loss=1.9,
-                attempts=[Attempt(number=1, started_at=finished_at - 20, ended_at=finished_at,
-                                  outcome=Outcome.FINISHED, exit_code=0)]).save(d, sync=False)
+        save_meta(d, JobMeta(id=job_id, original_name=f"file{i}.jsonl", sha256="0" * 64, size=100, examples=8,
+                             submitted_at=arrived, examples_done=8, steps_done=2, first_loss=2.5, last_loss=1.9,
+                             attempts=[Attempt(number=1, started_at=finished_at - 20, ended_at=finished_at,
+                                               outcome=Outcome.FINISHED, exit_code=0)]), sync=False)
         version = f"v{min(versions, 1 + i * versions // max(jobs, 1)):04d}" if versions else None
         events += [(arrived, job_id, "queued", "{}"), (finished_at - 20, job_id, "attempt_start", "{}"),
                    (finished_at, job_id, "attempt_end", '{"outcome": "finished"}'),
@@ -101,7 +102,7 @@ def _median(fn, repeat: int) -> float:
 def measure(base: Path, repeat: int) -> dict[str, float]:
     from trainerd.config import ServerConfig
     from trainerd.paths import Layout
-    from trainerd.server import start_server
+    from trainerd.web.server import start_server
 
     cli = [sys.executable, "-m", "trainerd.cli"]
     out: dict[str, float] = {}

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import cli, daemon, daemon_log, wait_for
 from trainerd.paths import Layout
-from trainerd.server import read_token
+from trainerd.web.tokens import read_token
 
 
 def post(url: str, body: dict, token: str | None) -> tuple[int, dict]:

@@ -85,7 +85,7 @@ def test_block_holds_a_contradicting_job_and_rollback_overrides(tmp_path, tiny_m
     with sqlite3.connect(layout.state_db) as db:
         kinds = [json.loads(d)["action"] for (d,) in db.execute("SELECT data FROM events WHERE kind = 'gate'")]
     assert kinds == ["current", "held"]
-    from trainerd.lifecycle import replay_pool
+    from trainerd.line.replay import replay_pool
 
     assert [p.parent.name for p in replay_pool(layout)] == [good["id"]]  # held data is not replayed
 
@@ -141,17 +141,17 @@ def test_warn_flags_it_and_the_matrix_and_tags_are_what_the_weights_say(tmp_path
 
     # /metrics and the dashboard's data (the app behind the HTTP server, in process).
     from trainerd.config import ServerConfig
-    from trainerd.metrics import TrainerdCollector
-    from trainerd.server import App
+    from trainerd.web.metrics import TrainerdCollector
+    from trainerd.web.reads import Reader
 
-    app = App(layout, ServerConfig(), lambda: 0.0)
+    app = Reader(layout, ServerConfig(), lambda: 0.0)
     fams = {f.name: f for f in TrainerdCollector(app).collect()}
     [flag] = fams["trainerd_gate_flagged"].samples
     assert flag.labels == {"version": "v0002", "state": "flagged"} and flag.value == 1
     bwt = {x.labels["version"]: x.value for x in fams["trainerd_backward_transfer"].samples}
     assert bwt == {"v0002": pytest.approx(shown["recall"]["backward_transfer"])}
-    assert [r["version"] for r in app.models({})["matrix"]["versions"]] == ["v0001", "v0002"]
-    assert app.evals({})["latest"]["groups"]["skill"].keys() == {"odd", "even"}
+    assert [r["version"] for r in app.models()["matrix"]["versions"]] == ["v0001", "v0002"]
+    assert app.evals()["latest"]["groups"]["skill"].keys() == {"odd", "even"}
     # Recall samples carry tags too (the good job's rows are tagged like the probe set).
     assert manifest(layout, "v0002")["scores"]["recall_groups"][good_id]["skill"].keys() == {"odd", "even"}
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from trainerd.gate import GateConfig, decide, override_problem
+from trainerd.config import GateConfig
+from trainerd.gate import decide, override_problem
 
 PROBE = {"sha": "s", "complete": True, "loss": 1.0, "exact_match": 0.5}
 

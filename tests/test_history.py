@@ -15,14 +15,17 @@ import pytest
 
 from bench.history_scale import build
 from tests.conftest import chat_rows, cli, make_base, write_jsonl
-from trainerd import history, lifecycle, status
+from trainerd import history, status
 from trainerd.config import QueueConfig, RetentionConfig, ServerConfig
 from trainerd.jobs import Outcome, Priority
 from trainerd.ledger import Ledger
+from trainerd.line.retention import gc
+from trainerd.line.rollback import rollback
+from trainerd.line.versions import is_version, list_versions, versions
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-from trainerd.server import App, start_server
-from trainerd.worker import models
+from trainerd.web.reads import Reader
+from trainerd.web.server import start_server
 
 
 def finish(q: Queue, job_id: str) -> None:
@@ -54,7 +57,7 @@ def test_finished_jobs_are_ordered_by_finish_not_arrival(tmp_path):
     finally:
         h.stop()
     # gc keeps the data of the job that finished last, though it arrived first.
-    plan = lifecycle.gc(layout, RetentionConfig(keep_done_data=1), dry_run=True)
+    plan = gc(layout, RetentionConfig(keep_done_data=1), dry_run=True)
     assert {Path(i.path).name for i in plan.delete if i.what == "job data"} == {ids[1], ids[2]}
     # A requeued job leaves the order; removed jobs' old events are skipped.
     q.requeue(ids[0])
@@ -99,14 +102,14 @@ def bases(tmp_path_factory) -> tuple[Layout, Layout]:
 
 
 def reads(opens: Opens, layout: Layout) -> dict[str, Counter[str]]:
-    app = App(layout, ServerConfig(port=0), time.time)
+    app = Reader(layout, ServerConfig(port=0), time.time)
     return {
         "status": opens.during(lambda: status.collect(layout)),
         "api/status": opens.during(app.status),
-        "api/jobs": opens.during(lambda: app.jobs({"state": "done", "limit": "25"})),
-        "api/jobs all": opens.during(lambda: app.jobs({})),
-        "api/models": opens.during(lambda: app.models({"limit": "20"})),
-        "models list": opens.during(lambda: lifecycle.list_versions(layout, 20)),
+        "api/jobs": opens.during(lambda: app.jobs("done", 25)),
+        "api/jobs all": opens.during(lambda: app.jobs()),
+        "api/models": opens.during(lambda: app.models(20)),
+        "models list": opens.during(lambda: list_versions(layout, 20)),
     }
 
 
@@ -136,8 +139,8 @@ def test_versions_past_v9999_sort_by_number(tmp_path):
     layout = Layout.at(make_base(tmp_path / "base", "unused-model"))
     for n in ("v0002", "v9999", "v10000", "v10001", "vbad"):
         (layout.models / n).mkdir(parents=True)
-    assert models.versions(layout) == ["v0002", "v9999", "v10000", "v10001"]
-    assert lifecycle.is_version("v10000") and not lifecycle.is_version("v12")
+    assert versions(layout) == ["v0002", "v9999", "v10000", "v10001"]
+    assert is_version("v10000") and not is_version("v12")
 
 
 def test_models_list_pages_and_keeps_the_current(bases):
@@ -146,13 +149,13 @@ def test_models_list_pages_and_keeps_the_current(bases):
     assert "75 older version(s) not shown" in p.stdout
     shown = json.loads(cli("models", "list", "--base-dir", large.base, "--limit", "5", "--json").stdout)
     assert [v["name"] for v in shown] == ["v0076", "v0077", "v0078", "v0079", "v0080"]
-    assert len(lifecycle.list_versions(large)) == 80
+    assert len(list_versions(large)) == 80
 
 
 def test_a_rolled_back_current_is_listed_however_old(tmp_path):
     layout = Layout.at(build(tmp_path / "b", 0, 10))
-    lifecycle.rollback(layout, "v0002")
-    assert [v.name for v in lifecycle.list_versions(layout, 3)] == ["v0002", "v0008", "v0009", "v0010"]
+    rollback(layout, "v0002")
+    assert [v.name for v in list_versions(layout, 3)] == ["v0002", "v0008", "v0009", "v0010"]
 
 
 def test_dircache_sees_every_change_and_lists_only_then(tmp_path, monkeypatch):

@@ -24,9 +24,9 @@ from tests.conftest import (
 from trainerd import atomic
 from trainerd.config import Config
 from trainerd.ledger import Ledger
+from trainerd.line.refs import set_current
 from trainerd.paths import Layout
-from trainerd.publish import PUBLISH_JSON, Publisher
-from trainerd.worker.models import set_current
+from trainerd.publish import Publisher
 
 
 def fake_version(layout: Layout, name: str, parent: str) -> None:
@@ -79,7 +79,7 @@ def test_command_and_webhook_fire_once_per_version_and_not_again_after_a_restart
                              "TRAINERD_PARENT_VERSION": "v0001", "TRAINERD_BASE_DIR": str(layout.base)}
     assert ran[1]["stdin"]["jobs"][0]["id"] == "job-v0002" and ran[1]["stdin"] == got[1]
     assert all(kind == "publish_hook" and d["ok"] and d["attempts"] == 1 for kind, d in events)
-    status = json.loads((layout.run / PUBLISH_JSON).read_text())
+    status = json.loads(layout.publish_json.read_text())
     assert status["last"]["webhook"]["ok"] and status["notified"] == {"command": "v0001", "webhook": "v0001"}
 
 

@@ -2,6 +2,7 @@ import fcntl
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from trainerd.config import QueueConfig
 from trainerd.inbox import Settler
 from trainerd.jobs import ERROR_JSON, JobMeta, JobState, Outcome, Priority
 from trainerd.paths import Layout
-from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError
+from trainerd.queue import ORIGINAL, REJECTED_MARK, Queue, QueueError, save_meta
 
 
 @pytest.fixture
@@ -162,7 +163,7 @@ def test_backoff_does_not_block_other_jobs(q):
     meta = q.record_attempt_start(ref, 123, Priority.HIGH)
     meta = q.record_attempt_end(ref, Outcome.CRASHED, 1, "boom")
     assert meta.failed_attempts == 1
-    q.release(ref, meta, not_before=time.time() + 60)
+    q.release(ref, not_before=time.time() + 60)
     assert q.claim().id == b.id  # a waits for its back-off
     q.finish(q.list(JobState.ACTIVE)[0])
     assert q.claim() is None
@@ -174,8 +175,8 @@ def test_backoff_does_not_block_other_jobs(q):
 def test_released_job_returns_to_the_priority_it_was_claimed_from(q):
     [a] = _queue_n(q, Priority.LOW, 1, "x")
     ref = q.claim()
-    meta = q.record_attempt_start(ref, 1, Priority.LOW)
-    back = q.release(ref, meta)
+    q.record_attempt_start(ref, 1, Priority.LOW)
+    back = q.release(ref)
     assert back.priority == Priority.LOW
 
 
@@ -201,20 +202,6 @@ def test_the_daemons_death_counts_but_earns_no_back_off():
         Attempt(number=3, started_at=0, outcome=Outcome.CRASHED)])
     assert meta.failed_attempts == 3 and meta.own_failures == 1
     assert QueueConfig().backoff_after(meta.own_failures) == 30  # not the 600 s of a third failure
-
-
-def test_recovery_quarantines_a_job_whose_attempts_all_took_the_daemon_down(q):
-    write_jsonl(q.layout.inbox / "bomb.jsonl", chat_rows(2))
-    q.ingest()
-    q.cfg.max_attempts = 2
-    for _ in (1, 2):  # each attempt dies with the daemon (kill -9, OOM killer, power cut)
-        ref = q.claim()
-        q.record_attempt_start(ref, 123, Priority.NORMAL)
-        notes = q.recover()
-    [ref] = q.list()
-    assert ref.state == JobState.FAILED and "no attempts left" in " ".join(notes)
-    assert [a.outcome for a in ref.meta().attempts] == [Outcome.INTERRUPTED, Outcome.INTERRUPTED]
-    assert "daemon's own death" in reason(ref)
 
 
 def test_oom_fallback_keeps_the_effective_batch_exact():
@@ -310,8 +297,8 @@ def test_recover_marks_interrupted_attempts(q):
     [a] = _queue_n(q, Priority.NORMAL, 1, "x")
     ref = q.claim()
     q.record_attempt_start(ref, 999999, Priority.NORMAL)
-    notes = q.recover()
-    assert any("interrupted" in n for n in notes)
+    closed, notes = q.close_interrupted()
+    assert [r.id for r, _meta in closed] == [ref.id] and notes == []
     att = ref.meta().attempts[-1]
     assert att.outcome == Outcome.INTERRUPTED and att.ended_at and att.outcome.counts_as_attempt
 
@@ -324,8 +311,9 @@ def test_recover_finishes_or_undoes_each_crash_point_of_intake(q):
     # 2. crashed after job.json, before the rename into queued/
     (inc / "20260101T000000-000002-b").mkdir()
     write_jsonl(inc / "20260101T000000-000002-b" / "data.jsonl", chat_rows(3))
-    JobMeta(id="20260101T000000-000002-b", original_name="b.jsonl", sha256="x", size=1, examples=3,
-            priority=Priority.HIGH).save(inc / "20260101T000000-000002-b")
+    save_meta(inc / "20260101T000000-000002-b", JobMeta(
+        id="20260101T000000-000002-b", original_name="b.jsonl", sha256="x", size=1, examples=3,
+        priority=Priority.HIGH))
     # 3. a `queue add` copy cut short: the user's original was never touched
     (inc / "20260101T000000-000003-c").mkdir()
     (inc / "20260101T000000-000003-c" / ".data.jsonl.part").write_text("{partial")
@@ -411,3 +399,56 @@ def test_a_rejection_cut_short_by_a_full_disk_still_lands_in_failed_with_a_reaso
     assert "symlink" in reason(ref)
     assert os.path.islink(ref.path / ORIGINAL)
     assert os.listdir(layout.incoming) == []
+
+
+def test_job_json_has_one_writer_the_queue():
+    """Issue 17: nothing outside trainerd/queue/ writes job.json (the supervisor once did,
+    beside the queue). The writer is record.save_meta; JobMeta itself only loads."""
+    import trainerd
+    from trainerd.jobs import JobMeta
+
+    assert not hasattr(JobMeta, "save")
+    src = Path(trainerd.__file__).parent
+    writers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                     if "save_meta(" in p.read_text() or "/ JOB_JSON, " in p.read_text())
+    assert writers and all(w.startswith("queue/") for w in writers), writers
+
+
+def test_a_preempted_job_goes_back_to_the_front_of_its_priority(q):
+    """queue.preempt: released with front=True, it is claimed before a job that arrived
+    before it (FIFO alone would take that one); the claim takes it off the front list."""
+    [older] = _queue_n(q, Priority.LOW, 1, "old")
+    [b] = _queue_n(q, Priority.NORMAL, 1, "b")
+    ref = q.claim()
+    assert ref.id == b.id
+    q.record_attempt_start(ref, 1, Priority.NORMAL)
+    q.move(older.id, Priority.NORMAL)  # now first by arrival in normal/
+    q.release(ref, front=True)  # b was preempted
+    assert q.claim().id == b.id
+    assert not (q.layout.queued("normal") / ".front.json").exists()
+    q.finish(q.list(JobState.ACTIVE)[0])
+    assert q.claim().id == older.id
+
+
+def test_the_front_list_forgets_jobs_the_user_took_away(q):
+    a, b = _queue_n(q, Priority.NORMAL, 2, "x")
+    ref = q.claim()
+    q.record_attempt_start(ref, 1, Priority.NORMAL)
+    q.release(ref, front=True)
+    assert json.loads((q.layout.queued("normal") / ".front.json").read_text()) == [a.id]
+    q.remove(a.id)
+    assert q.claim().id == b.id
+    assert not (q.layout.queued("normal") / ".front.json").exists()  # a's stale entry pruned
+
+
+def test_claimable_above_sees_only_higher_priorities_out_of_back_off(q):
+    [low] = _queue_n(q, Priority.LOW, 1, "l")
+    assert q.claimable_above(Priority.LOW) is None and q.claimable_above(Priority.HIGH) is None
+    [normal] = _queue_n(q, Priority.NORMAL, 1, "n")
+    assert q.claimable_above(Priority.LOW).id == normal.id and q.claimable_above(Priority.NORMAL) is None
+    ref = q.claim()
+    q.record_attempt_start(ref, 1, Priority.NORMAL)
+    q.release(ref, not_before=time.time() + 60)  # in back-off: it preempts nothing
+    assert q.claimable_above(Priority.LOW) is None
+    assert q.claimable_above(Priority.LOW, now=time.time() + 61).id == normal.id
+    assert low.id in states(q)

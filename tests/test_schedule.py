@@ -11,20 +11,19 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from trainerd import atomic, lifecycle
+from trainerd import atomic
+from trainerd.config import ConsolidateConfig, ScheduleConfig
+from trainerd.line.refs import set_current
+from trainerd.line.versions import Line, current_name, line_state
 from trainerd.paths import Layout
 from trainerd.schedule import (
     CONSOLIDATE,
     DAILY,
     Clock,
-    ConsolidateConfig,
     Housekeeping,
-    Line,
     Schedule,
-    ScheduleConfig,
     consolidation_reason,
 )
-from trainerd.worker import models
 
 AT = dt.time(3, 0)
 D = dt.date(2026, 11, 20)
@@ -158,7 +157,7 @@ def _version(layout: Layout, name: str, parent: str = "base") -> None:
     (d / "model.safetensors").write_bytes(os.urandom(256))
     atomic.write_manifest(d, {"version": name, "parent": parent, "kind": "full", "base": None,
                               "jobs": [], "created_at": time.time()})
-    models.set_current(layout, name)
+    set_current(layout, name)
 
 
 def _settle(house: Housekeeping, timeout: float = 60) -> list[str]:
@@ -217,19 +216,10 @@ def test_housework_waits_while_not_allowed(tmp_path):
     house = Housekeeping(layout, ScheduleConfig(), ConsolidateConfig(every_jobs=1), clock=clock)
     assert house.tick(idle=True, allowed=False) is None  # paused, stopping, or disk low
     assert not (layout.run / "schedule.json").exists()
-    assert lifecycle.line_state(layout).kind == "full"  # nothing to consolidate either
-
-
-def _supervisor_wired() -> bool:
-    import inspect
-
-    from trainerd import supervisor
-
-    return "Housekeeping" in inspect.getsource(supervisor)
+    assert line_state(layout).kind == "full"  # nothing to consolidate either
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _supervisor_wired(), reason="the supervisor does not call Housekeeping yet")
 def test_the_daemon_consolidates_when_idle_and_trains_on(tmp_path, tiny_model):
     from tests.conftest import chat_rows, cli, make_base, write_jsonl
 
@@ -238,11 +228,11 @@ def test_the_daemon_consolidates_when_idle_and_trains_on(tmp_path, tiny_model):
     layout = Layout.at(base)
     write_jsonl(base / "inbox" / "a.jsonl", chat_rows(8, "a"))
     cli("run", "--base-dir", base, "--once", timeout=600)  # trains v0001, merges it into v0002
-    assert lifecycle.current_name(layout) == "v0002", (layout.logs / "consolidate.log").read_text()
+    assert current_name(layout) == "v0002", (layout.logs / "consolidate.log").read_text()
     assert atomic.read_json(layout.models / "v0002" / "manifest.json")["kind"] == "full"
     assert json.loads((layout.run / "schedule.json").read_text())[DAILY]["result"] == "no model version yet"
     write_jsonl(base / "inbox" / "b.jsonl", chat_rows(8, "b"))
     cli("run", "--base-dir", base, "--once", timeout=600)
     v3 = atomic.read_json(layout.models / "v0003" / "manifest.json")
     assert (v3["parent"], v3["kind"]) == ("v0002", "adapter")
-    assert lifecycle.current_name(layout) == "v0004"  # every_jobs = 1: merged again
+    assert current_name(layout) == "v0004"  # every_jobs = 1: merged again

@@ -285,19 +285,19 @@ def test_an_attempt_end_the_disk_could_not_record_is_recorded_at_the_next_tick(t
 def test_a_spawned_worker_is_watched_even_if_its_pid_cannot_be_written(tmp_path, monkeypatch):
     """Same campaign: had the second job.json write of a spawn failed, the worker ran on
     unwatched while the next tick started another attempt of the same job."""
-    from trainerd.jobs import JobMeta
+    from trainerd import queue
 
     sup = _supervisor_with_worker(tmp_path, 0)
     ref = sup.queue.claim()
-    real, calls = JobMeta.save, []
+    real, calls = queue.save_meta, []
 
-    def full_on_second(self, job_dir, sync=True):
+    def full_on_second(job_dir, meta, sync=True):
         calls.append(1)
         if len(calls) == 2:  # the first save records the attempt; the second, its pid
             raise _enospc()
-        return real(self, job_dir, sync)
+        return real(job_dir, meta, sync)
 
-    monkeypatch.setattr(JobMeta, "save", full_on_second)
+    monkeypatch.setattr(queue, "save_meta", full_on_second)
     sup._spawn(ref)  # no exception
     assert sup.running is not None and sup.running.ref.id == ref.id
     assert sup.running.proc.wait(30) == 0
@@ -312,7 +312,7 @@ def test_a_skip_that_lands_after_the_worker_published_does_not_fail_the_job(tmp_
 
     from trainerd import atomic, control
     from trainerd.jobs import JobState
-    from trainerd.worker import models
+    from trainerd.line.refs import set_current
 
     sup = _supervisor_with_worker(tmp_path, 0)
     sup.worker_cmd = [sys.executable, "-c", "import time; time.sleep(60)"]  # no handler: dies by SIGTERM
@@ -323,7 +323,7 @@ def test_a_skip_that_lands_after_the_worker_published_does_not_fail_the_job(tmp_
     (v / "adapter_model.safetensors").write_bytes(b"w")
     atomic.write_manifest(v, {"version": "v0001", "parent": "base", "kind": "adapter", "base": "x",
                               "jobs": [{"id": ref.id}], "created_at": time.time()})
-    models.set_current(sup.layout, "v0001")
+    set_current(sup.layout, "v0001")
     control.request_skip(sup.layout, ref.id, None)
     wish = control.read_wish(sup.layout)
     sup._watch_worker(wish, False, False)  # sends the stop for the skip
@@ -332,3 +332,49 @@ def test_a_skip_that_lands_after_the_worker_published_does_not_fail_the_job(tmp_
     [done] = sup.queue.list()
     assert done.state == JobState.DONE, done
     assert done.meta().attempts[-1].outcome.value == "finished"
+
+
+def test_a_higher_priority_job_preempts_at_a_step_and_the_preempted_one_resumes_exactly_held(
+        tmp_path, tiny_model, reference):
+    """queue.preempt (issue 16): a high-priority job stops the running normal one at its next
+    step; that one goes back first in its queue (not an attempt), the high one trains and
+    becomes v0001; the preempted one then resumes from its checkpoint on the version it
+    trained from (base), its weights equal its uninterrupted run's, and it is published
+    held, since v0001 became current meanwhile; `models rollback --force` makes it current."""
+    base = make_base(tmp_path / "b", tiny_model, SLOW_JOB + "[queue]\npreempt = true\n")
+    layout = Layout.at(base)
+    write_jsonl(base / "inbox" / "k.jsonl", rows())
+    with daemon(base) as d:
+        wait_for(lambda: (progress(base) or {}).get("step", 0) >= 6, what="step 6")
+        urgent = write_jsonl(tmp_path / "urgent.jsonl", chat_rows(8, "urgent"))
+        out = cli("queue", "add", urgent, "--priority", "high", "--base-dir", base).stdout
+        high = out.split("queued ", 1)[1].split()[0]
+        wait_for(lambda: len(os.listdir(layout.done)) == 2, what="both jobs done", timeout=600)
+        cli("stop", "--base-dir", base)
+        assert d.wait(60) == 0, daemon_log(base)
+    [job] = [n for n in os.listdir(layout.done) if n != high]
+    meta = json.loads((layout.done / job / "job.json").read_text())
+    first = json.loads((layout.done / high / "job.json").read_text())
+    assert [a["outcome"] for a in meta["attempts"]] == ["preempted", "finished"]
+    assert meta["attempts"][0]["error"] == f"preempted by {high}" and meta["preempted_by"] == high
+    assert first["attempts"][0]["started_at"] > meta["attempts"][0]["ended_at"]  # it trained in between
+    assert meta["attempts"][1]["started_at"] > first["attempts"][-1]["ended_at"]
+    assert (first["version"], meta["version"]) == ("v0001", "v0002")
+    # Resumed at the step after the preemption's checkpoint: nothing lost, nothing repeated.
+    steps = [json.loads(x) for x in (layout.done / job / "metrics.jsonl").read_text().splitlines()]
+    stopped_at = max(r["step"] for r in steps if r["attempt"] == 1)
+    assert 6 <= stopped_at < 48 and min(r["step"] for r in steps if r["attempt"] == 2) == stopped_at + 1
+    assert meta["steps_done"] == 48 and meta["examples_done"] == 96
+    from safetensors.torch import load_file
+
+    assert_same_weights(load_file(str(layout.models / "v0002" / "adapter_model.safetensors")), reference[0])
+    man = json.loads((layout.models / "v0002" / "manifest.json").read_text())
+    assert man["parent"] == "base" and man["gate"]["action"] == "held"
+    assert man["gate"]["verdict"] == f"held: trained from base; v0001 (job {high}, which preempted it) became " \
+                                     "current meanwhile"
+    assert meta["gate"]["verdict"] == man["gate"]["verdict"]
+    assert os.readlink(layout.current_model) == "v0001"
+    refused = cli("models", "rollback", "v0002", "--base-dir", base, check=False)
+    assert refused.returncode != 0 and "--force" in refused.stdout + refused.stderr
+    cli("models", "rollback", "v0002", "--force", "--base-dir", base)
+    assert os.readlink(layout.current_model) == "v0002"

@@ -22,7 +22,8 @@ from trainerd.ledger import Ledger
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-from trainerd.watch import SPARK, sparkline, watch
+from trainerd.state import DaemonState
+from trainerd.watch import SPARK, STATE_STYLE, sparkline, watch
 
 
 def submit(layout: Layout, tmp: Path, name: str, n: int, priority: Priority = Priority.NORMAL):
@@ -81,6 +82,22 @@ def test_one_frame_shows_daemon_progress_eta_loss_queue_and_probe(training):
     assert "● paused" in frame(layout) and "step 10/40 · paused" in frame(layout)
 
 
+def test_every_daemon_state_is_drawn_in_its_own_colour_and_an_unknown_one_as_written(training):
+    """The states come from trainerd.state: "error" and "consolidating" were once missing
+    from two UI lists and drawn as if unknown."""
+    from trainerd.state import DaemonState
+    from trainerd.watch import STATE_STYLE
+
+    assert set(STATE_STYLE) == set(DaemonState)
+    layout, _ = training
+    for state in DaemonState:
+        atomic.write_json(layout.status, {"heartbeat_at": time.time(), "state": state.value, "desired": "running"})
+        assert f"● {state.value}" in frame(layout)
+    atomic.write_json(layout.status, {"heartbeat_at": time.time(), "state": "warming_up", "desired": "running"})
+    text = frame(layout)
+    assert "● warming_up" in text and "step 10/40 · warming_up" in text
+
+
 def test_a_frame_without_daemon_or_jobs(tmp_path):
     layout = Layout.at(make_base(tmp_path / "base", "unused-model"))
     text = frame(layout)
@@ -137,3 +154,9 @@ def test_status_watch_redraws_in_a_terminal_until_ctrl_c(training):
         wait_for(lambda: "exit=0" in screen(), timeout=10, what="a clean exit on Ctrl+C")
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def test_every_daemon_state_has_a_style():
+    assert set(STATE_STYLE) == set(DaemonState)
+    # status.json carries plain strings: they find the same style as the enum member.
+    assert all(STATE_STYLE.get(st.value) == STATE_STYLE[st] for st in DaemonState)

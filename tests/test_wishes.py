@@ -16,7 +16,8 @@ from trainerd.config import QueueConfig, ServerConfig
 from trainerd.jobs import Priority
 from trainerd.paths import Layout
 from trainerd.queue import Queue
-from trainerd.server import read_token, start_server
+from trainerd.web.server import start_server
+from trainerd.web.tokens import read_token
 
 
 @pytest.fixture

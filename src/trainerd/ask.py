@@ -2,7 +2,7 @@
 
 `trainerd generate / chat / compare` and `POST /api/generate` / `/api/compare` all run
 `python -m trainerd.worker.generate` (the worker package's code) in a child process: the
-CLI and the daemon never import torch (DESIGN.md), so the daemon's memory never holds a
+CLI and the daemon never import torch (docs/ARCHITECTURE.md), so the daemon's memory never holds a
 model and a crash while generating is that child's, never the daemon's.
 
 The dashboard's choices (docs/SERVING.md, docs/DECISIONS.md):
@@ -13,6 +13,10 @@ The dashboard's choices (docs/SERVING.md, docs/DECISIONS.md):
 - on a CPU-only machine it runs beside training at nice 10: there is no GPU memory to
   share, and training's host-memory ceiling counts the worker's own memory only;
 - versions are named (current, base, vNNNN), never a path from the request.
+
+This module only builds the child's command line and reads its answer: it imports nothing
+from trainerd.worker, so a wrong version is the child's to refuse (it checks the versions
+before it imports torch; exit 2 with the sentence, as before).
 """
 
 from __future__ import annotations
@@ -44,14 +48,6 @@ def command(layout: Layout, sub: str, args: list[str], *, device: str = "auto",
     if temperature is not None:
         cmd += ["--temperature", str(temperature)]
     return [*cmd, sub, *args]
-
-
-def check_version(layout: Layout, spec: str) -> None:
-    """Fail fast, before a model loads, on a version that does not exist (NoSuchModel)."""
-    from trainerd.config import load_config
-    from trainerd.worker.models import resolve  # torch-free: reads manifests only
-
-    resolve(layout, load_config(layout.config), spec)
 
 
 def run_attached(cmd: list[str]) -> int:

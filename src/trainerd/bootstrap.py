@@ -1,13 +1,16 @@
-"""`trainerd init`: the on-disk layout, a commented config, optionally a tiny local model."""
+"""`trainerd init`: the on-disk layout, a commented config, optionally a tiny local model
+(built by trainerd.worker.tiny in a child process: this one never imports torch)."""
 
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from trainerd import children
 from trainerd.config import DEFAULT_TOML
 from trainerd.paths import Layout
 
@@ -21,18 +24,18 @@ def samples_dir() -> Path:
 def init_base(base: Path, *, tiny_model: bool = False, base_model: str | None = None,
               warm_steps: int = 300, force: bool = False,
               on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """on_step(done, total): the tiny model's warm-up progress, for a progress bar."""
+    """on_step(done, total): the tiny model's warm-up progress, for a progress bar.
+    children.ChildFailed (its sentence and exit status) when the tiny model cannot be built."""
     layout = Layout.at(base)
     layout.ensure()
     info: dict[str, Any] = {"base_dir": str(layout.base)}
     if tiny_model:
         target = layout.base / TINY_DIR
         if not (target / "config.json").exists() or force:
-            from trainerd.worker.tiny import build_tiny_model  # torch: only on this path
-
             shutil.rmtree(target, ignore_errors=True)
-            info["tiny_model"] = build_tiny_model(target, samples_dir=samples_dir(),
-                                                  warm_steps=warm_steps, on_step=on_step)
+            info["tiny_model"] = children.run(
+                [sys.executable, "-m", "trainerd.worker.tiny", str(target), "--samples-dir", str(samples_dir()),
+                 "--warm-steps", str(warm_steps)], "building the tiny model", on_progress=on_step)
         base_model = TINY_DIR
     if layout.config.exists() and not force:
         info["config"] = f"{layout.config} exists; left as it is"

@@ -20,26 +20,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from trainerd import atomic
+from trainerd.config import GateConfig
 from trainerd.paths import Layout
 
 OVERRIDES = "gate-overrides.json"  # in models/: held versions someone made current anyway
-
-
-class GateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    mode: Literal["off", "warn", "block"] = Field(
-        "warn", description="off: no gate; warn: publish and flag a regression; block: hold it")
-    max_probe_regression: float = Field(
-        0.05, ge=0, description="relative rise in probe loss allowed versus the parent version")
-    max_exact_match_drop: float = Field(0.05, ge=0, le=1, description="absolute drop in probe exact match")
-    max_recall_regression: float = Field(
-        0.10, ge=0, description="relative rise in the mean recall loss on earlier jobs' samples")
 
 
 def _rel(new: float, old: float) -> float:
@@ -95,6 +82,21 @@ def decide(cfg: GateConfig, cand: dict[str, Any], parent: dict[str, Any], parent
     return {"mode": cfg.mode, "result": result, "action": action, "parent": parent_name,
             "reasons": reasons, "unknown": unknown, "measured": measured, "at": time.time(),
             "verdict": f"{word}: {why}" if why else f"{word} (vs {parent_name})"}
+
+
+def preempted_hold(parent: str, current: str, current_jobs: list[str], preempted_by: str | None,
+                   scored: dict[str, Any] | None) -> dict[str, Any]:
+    """The hold record of a preempted job's version (queue.preempt): it resumed exactly and
+    trained from `parent`, but `current` became current meanwhile, so making it current
+    would drop what `current` learned. Held as the gate holds a regression, with the gate's
+    own scores kept (`scored`), until `trainerd models rollback V --force`."""
+    g = dict(scored or {})
+    who = ", ".join(f"job {j}" + (", which preempted it" if j == preempted_by else "") for j in current_jobs)
+    why = f"trained from {parent}; {current}{f' ({who})' if who else ''} became current meanwhile"
+    return {**g, "mode": g.get("mode", "off"), "result": g.get("result", "none"), "action": "held",
+            "parent": parent, "reasons": [why, *g.get("reasons", [])], "unknown": g.get("unknown", []),
+            "measured": g.get("measured", {}), "held_for": "preempted", "at": time.time(),
+            "verdict": f"held: {why}"}
 
 
 # ------------------------------------------------------------------ the line's view

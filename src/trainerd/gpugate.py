@@ -70,7 +70,7 @@ class TrainingHold:
 
 def _training_reason(layout: Layout) -> str | None:
     """Why the GPU is not free for a generation, read from disk, or None."""
-    from trainerd.lifecycle import training_job
+    from trainerd.line.lock import training_job
 
     job = training_job(layout)
     if job is not None:

@@ -87,6 +87,7 @@ class Outcome(str, Enum):
     INTERRUPTED = "interrupted"  # the daemon itself died while the attempt ran
     STALLED = "stalled"  # no progress for daemon.stall_seconds: stopped, then killed, by the daemon
     MODEL_UNAVAILABLE = "model_unavailable"  # not the job's fault: the daemon pauses until it is back
+    PREEMPTED = "preempted"  # warm-stopped for a higher-priority job (queue.preempt); not an attempt
 
     @classmethod
     def from_exit(cls, code: int) -> Outcome:
@@ -104,9 +105,9 @@ class Outcome(str, Enum):
     def counts_as_attempt(self) -> bool:
         """Failures count toward max_attempts. Not counted: a stop the user asked for, a
         full disk (the daemon pauses itself), and the OOM and NaN fallbacks, which have
-        their own limits (micro-batch 1; one retry)."""
-        return self not in (Outcome.FINISHED, Outcome.STOPPED, Outcome.DISK_LOW,
-                            Outcome.RESOURCE_ERROR, Outcome.NONFINITE, Outcome.MODEL_UNAVAILABLE)
+        their own limits (micro-batch 1; one retry), and a preemption by a higher-priority job."""
+        return self not in (Outcome.FINISHED, Outcome.STOPPED, Outcome.DISK_LOW, Outcome.RESOURCE_ERROR,
+                            Outcome.NONFINITE, Outcome.MODEL_UNAVAILABLE, Outcome.PREEMPTED)
 
 
 def describe_exit(code: int | None) -> str:
@@ -165,6 +166,9 @@ class JobMeta(BaseModel):
     # action (current / flagged / held), verdict such as "held: probe loss +12 % vs v0007".
     gate: dict[str, Any] | None = None
     version: str | None = None  # the version it published (current or held)
+    # The job whose higher priority stopped this one's last attempt (queue.preempt): the next
+    # attempt resumes from its checkpoint on the version it trained from, not on current.
+    preempted_by: str | None = None
 
     @property
     def failed_attempts(self) -> int:
@@ -181,10 +185,8 @@ class JobMeta(BaseModel):
 
     @classmethod
     def load(cls, job_dir: Path) -> JobMeta:
+        """Read job.json. Its one writer is the queue (trainerd.queue)."""
         return cls.model_validate(atomic.read_json(Path(job_dir) / JOB_JSON))
-
-    def save(self, job_dir: Path, sync: bool = True) -> None:
-        atomic.write_json(Path(job_dir) / JOB_JSON, self.model_dump(mode="json"), sync=sync)
 
 
 def token_counts(job_dir: Path) -> dict[str, int] | None:

@@ -89,6 +89,11 @@ class Layout:
     def status(self) -> Path:
         return self.run / "status.json"
 
+    @property
+    def publish_json(self) -> Path:
+        """The [publish] hooks' last outcomes (written by trainerd.publish, read by status)."""
+        return self.run / "publish.json"
+
     def dirs(self) -> list[Path]:
         return [
             self.inbox,

@@ -76,7 +76,7 @@ def locate(source: str) -> Path | None:
 
 def targets(layout: Layout, cfg: Config) -> tuple[str, str]:
     """(weights, tokenizer) of what the next worker will load: the current version's."""
-    from trainerd.worker.models import current  # torch-free at import
+    from trainerd.line.refs import current
 
     ref = current(layout, cfg)
     return ref.base, ref.tokenizer_source

@@ -43,7 +43,6 @@ from trainerd.paths import Layout
 
 log = logging.getLogger("trainerd.publish")
 
-PUBLISH_JSON = "publish.json"  # run/publish.json
 OUTPUT_TAIL = 2000  # bytes of a command's output kept in the outcome
 STOP_WAIT_S = 30.0  # how long a stopping daemon waits for deliveries in flight
 JOBS_DETAILED = 5  # a consolidation holds the whole line's jobs: details for the newest few
@@ -210,7 +209,7 @@ class Publisher:
         self.layout, self.sink = layout, sink
         self.done: queue.SimpleQueue = queue.SimpleQueue()
         self.hooks: dict[str, _Hook] = {}
-        state = _read(layout.run / PUBLISH_JSON)
+        state = _read(layout.publish_json)
         self.notified: dict[str, str] = dict(state.get("notified") or {})  # hook -> version it finished
         self.last: dict[str, dict[str, Any]] = dict(state.get("last") or {})
         self.seen: str | None = None
@@ -292,7 +291,7 @@ class Publisher:
 
     def _save(self) -> None:
         with contextlib.suppress(OSError):  # a full disk: the outcome is still in memory and the log
-            atomic.write_json(self.layout.run / PUBLISH_JSON, self.status())
+            atomic.write_json(self.layout.publish_json, self.status())
 
     def status(self) -> dict[str, Any]:
         return {"hooks": sorted(self.hooks), "current": self.seen, "notified": self.notified, "last": self.last,

@@ -17,8 +17,7 @@ Consolidation runs only when nothing is queued or active (fix #8 of the original
 daily at a time and/or after N jobs published since the last full version. Each task runs
 in its own process; the supervisor only calls `Housekeeping.tick()`.
 
-This module imports neither torch nor, at import time, the rest of trainerd beyond the
-path and atomic helpers: config.py imports its section models from here.
+Its config sections ([schedule], [consolidate]) are in trainerd.config with the others.
 """
 
 from __future__ import annotations
@@ -35,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from trainerd import atomic
-from trainerd.jobs import child_env
+from trainerd.config import ConsolidateConfig, ScheduleConfig, parse_at
+from trainerd.jobs import ExitCode, child_env, describe_exit
+from trainerd.line.versions import Line, current_name, line_state
 from trainerd.paths import Layout
 
 log = logging.getLogger("trainerd.schedule")
@@ -48,81 +47,6 @@ DAILY = "daily"  # snapshot, then retention
 CONSOLIDATE = "consolidate"
 RETRY_AFTER_FAILURE_S = 15 * 60  # a failed task is not retried in a tight loop
 DAY = 24 * 3600.0
-
-
-# ------------------------------------------------------------------ config sections
-class _Section(BaseModel):
-    # Same rules as trainerd.config sections (a typo is an error); kept here because
-    # config.py imports these models and this module must not import config.py.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _time_of_day(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("expected a local time such as \"03:00\", or \"off\"")
-    if v.strip().lower() == "off":
-        return "off"
-    try:
-        t = dt.time.fromisoformat(v.strip())
-    except ValueError:
-        raise ValueError(f"{v!r} is not a local time HH:MM (or \"off\")") from None
-    return t.strftime("%H:%M")
-
-
-def parse_at(v: str) -> dt.time | None:
-    return None if v == "off" else dt.time.fromisoformat(v)
-
-
-class ScheduleConfig(_Section):
-    snapshot_at: str = Field("03:00", description="local time of the daily snapshot + retention; \"off\"")
-    min_gap_hours: float = Field(20, ge=0, le=24, description="daily work never runs twice within this much real time")
-
-    @field_validator("snapshot_at", mode="before")
-    @classmethod
-    def _valid_time(cls, v: Any) -> str:
-        return _time_of_day(v)
-
-
-class ConsolidateConfig(_Section):
-    at: str = Field("off", description="daily consolidation at this local time (when idle); \"off\"")
-    every_jobs: int = Field(0, ge=0, description="consolidate after N jobs since the last full version; 0 = off")
-    probe_examples: int = Field(32, ge=1, le=10000, description="held examples whose loss must not change")
-    loss_rtol: float = Field(0.01, gt=0, description="allowed relative change of the probe loss")
-    logits_atol: float = Field(0.0, ge=0, description="logits tolerance; 0 = by dtype (1e-3 fp32, 5e-2 16-bit)")
-
-    @field_validator("at", mode="before")
-    @classmethod
-    def _valid_time(cls, v: Any) -> str:
-        return _time_of_day(v)
-
-
-class RetentionConfig(_Section):
-    keep_versions: int = Field(10, ge=0, description="newest model versions kept; 0 = all")
-    max_models_gb: float = Field(0, ge=0, description="then delete the oldest until under this; 0 = no limit")
-    keep_snapshots: int = Field(7, ge=0, description="newest snapshots kept; 0 = all")
-    max_snapshots_gb: float = Field(0, ge=0)
-    keep_done_data: int = Field(0, ge=0, description="done jobs whose data.jsonl is kept; 0 = all")
-    max_done_data_gb: float = Field(0, ge=0)
-    keep_rejected: int = Field(2, ge=0, description="rejected consolidations kept for inspection")
-
-
-class ReplayConfig(_Section):
-    # 0.25 by default: on the demo's three files it keeps >= 90 % of each job's gain at
-    # 1.16x the examples trained (bench/forgetting.py, docs/BENCHMARKS.md); off, 41 %.
-    fraction: float = Field(0.25, ge=0, le=10, description="old examples mixed into a job, per new example; 0 = off")
-    max_examples: int = Field(2000, ge=0, description="cap on replayed examples per job")
-
-
-SECTIONS: dict[str, type[_Section]] = {
-    "schedule": ScheduleConfig, "consolidate": ConsolidateConfig,
-    "retention": RetentionConfig, "replay": ReplayConfig,
-}
-
-
-def section(cfg: Any, name: str) -> Any:
-    """cfg.<name>, or its defaults when the Config in use has no such section."""
-    value = getattr(cfg, name, None)
-    return value if value is not None else SECTIONS[name]()
 
 
 # ------------------------------------------------------------------ clocks
@@ -233,15 +157,6 @@ class Schedule:
 
 
 # ------------------------------------------------------------------ consolidation policy
-@dataclass(frozen=True)
-class Line:
-    """What the model line looks like now (see lifecycle.line_state)."""
-
-    version: str | None  # current version, None for the configured base
-    kind: str  # "base", "adapter" or "full"
-    jobs_since_full: int  # adapter versions between current and its full base
-
-
 def consolidation_reason(sched: Schedule, cfg: ConsolidateConfig, line: Line, idle: bool) -> str | None:
     """Why consolidation should start now, or None. Never while anything is queued or
     active; never for a version whose consolidation already failed."""
@@ -289,7 +204,7 @@ class Housekeeping:
 
     @classmethod
     def from_config(cls, layout: Layout, cfg: Any, **kw: Any) -> Housekeeping:
-        return cls(layout, section(cfg, "schedule"), section(cfg, "consolidate"), **kw)
+        return cls(layout, cfg.schedule, cfg.consolidate, **kw)
 
     def configure(self, schedule: ScheduleConfig, consolidate: ConsolidateConfig) -> None:
         """(Re)load settings, e.g. on SIGHUP; a running task is left alone."""
@@ -301,7 +216,8 @@ class Housekeeping:
         return self.child.task if self.child else None
 
     def tick(self, *, idle: bool, allowed: bool = True) -> str | None:
-        """Call on every supervisor tick. `idle`: nothing queued, active or in the inbox.
+        """Call on every supervisor tick. `idle`: nothing queued, active or in the inbox
+        (the daemon's queue knows; the consolidation process never looks at it).
         `allowed`: the daemon wants to run (not paused, stopping or short of disk).
         Returns the task running now ("daily" or "consolidate"); while it is
         "consolidate" the supervisor must not claim a job."""
@@ -309,10 +225,13 @@ class Housekeeping:
         if c is not None:
             rc = c.proc.poll()
             if rc is None:
-                if not allowed and c.task == CONSOLIDATE and not c.asked_to_stop:
-                    # Paused or stopping: the merge gives way (it changes nothing when
-                    # stopped, and runs again when idle). A snapshot just finishes.
-                    log.info("asking consolidation (pid %d) to stop", c.proc.pid)
+                if (not allowed or not idle) and c.task == CONSOLIDATE and not c.asked_to_stop:
+                    # Paused, stopping, or work arrived (fix #8: never merge under a job):
+                    # the merge gives way. Stopped, it changes nothing and runs again when
+                    # idle; a merge finished under waiting jobs would not become current
+                    # anyway. A snapshot just finishes.
+                    log.info("asking consolidation (pid %d) to stop: %s", c.proc.pid,
+                             "work is waiting" if allowed else "paused or stopping")
                     c.proc.send_signal(signal.SIGTERM)
                     c.asked_to_stop = True
                 return c.task
@@ -327,9 +246,7 @@ class Housekeeping:
             if self.child is not None:
                 return self.child.task
         if mono >= self.retry_at.get(CONSOLIDATE, 0) and (self.ccfg.every_jobs or self.ccfg.at != "off"):
-            from trainerd import lifecycle  # lazy: config.py imports this module
-
-            line = self._line(lifecycle)
+            line = self._line()
             why = consolidation_reason(self.sched, self.ccfg, line, idle)
             if why:
                 log.info("consolidating %s: %s", line.version, why)
@@ -338,24 +255,22 @@ class Housekeeping:
                 return CONSOLIDATE
         return None
 
-    def _line(self, lifecycle: Any) -> Line:
+    def _line(self) -> Line:
         """The line's state, re-read only when `current` changes (a long adapter chain is
         many manifests, and this runs on every idle tick)."""
-        key = lifecycle.current_name(self.layout)
+        key = current_name(self.layout)
         if self._line_cache is None or self._line_cache[0] != key:
-            self._line_cache = (key, lifecycle.line_state(self.layout))
+            self._line_cache = (key, line_state(self.layout))
         return self._line_cache[1]
 
     def _start_daily(self) -> None:
-        from trainerd import lifecycle
-
         started = self.sched.stamp()
         day = started.wall.date().isoformat()
-        if lifecycle.current_name(self.layout) is None:
+        if current_name(self.layout) is None:
             # No model version yet: nothing to copy or to prune; today counts as done.
             self.sched.mark(DAILY, started, result="no model version yet")
             return
-        self._spawn(DAILY, [self.python, "-m", "trainerd.lifecycle", "daily",
+        self._spawn(DAILY, [self.python, "-m", "trainerd.line.daily",
                             "--base-dir", str(self.layout.base), "--date", day], key=day, started=started)
 
     def _spawn(self, task: str, cmd: list[str], key: str, started: Stamp | None = None) -> None:
@@ -370,15 +285,15 @@ class Housekeeping:
         log.info("%s started (pid %d)", task, proc.pid)
 
     def _ended(self, c: _Child, rc: int) -> None:
-        from trainerd.jobs import ExitCode, describe_exit
-
         took = time.monotonic() - c.t0
         if rc == 0:
             log.info("%s %s finished in %.0fs", c.task, c.key, took)
             self.sched.mark(c.task, c.started, result="ok", key=c.key)
             return
         tail = _tail(self.layout.logs / f"{c.task}.log")
-        if c.task == CONSOLIDATE and rc == ExitCode.STOPPED:
+        # Asked to stop before its handler was in place, it died of the signal: stopped too.
+        stopped = rc == ExitCode.STOPPED or (c.asked_to_stop and rc == -signal.SIGTERM)
+        if c.task == CONSOLIDATE and stopped:
             log.info("consolidation of %s stopped or deferred (%s); will try again when idle", c.key, tail)
             self.retry_at[c.task] = time.monotonic() + 60
             return

@@ -31,3 +31,12 @@ def parse(value: object) -> DaemonState | None:
         return DaemonState(value)
     except ValueError:
         return None
+
+
+# The supervisor loop records a heartbeat at least every HEARTBEAT_INTERVAL_S (it caps its
+# sleep at this, whatever queue.poll_seconds says), so a loop that has not beaten for five
+# intervals is stuck, e.g. in a hung filesystem call. Deliberately not derived from the
+# config: a health check (/healthz, trainerd_up) must not become lenient because someone set
+# a long poll interval. Here, beside the states, because the daemon beats and the web reads.
+HEARTBEAT_INTERVAL_S = 2.0
+STALE_AFTER_S = 5 * HEARTBEAT_INTERVAL_S

@@ -28,8 +28,8 @@ from trainerd.jobs import (
     token_counts,
 )
 from trainerd.paths import Layout
-from trainerd.publish import PUBLISH_JSON
 from trainerd.queue import JobRef, Queue
+from trainerd.state import parse as parse_state
 
 STALE_HEARTBEATS = 5  # "not responding" after this many missed heartbeats
 
@@ -138,7 +138,10 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
             daemon.update(paused_reason=st.get("paused_reason"), inbox=st.get("inbox"))
             age = now - float(st.get("heartbeat_at", 0))
             interval = float(st.get("heartbeat_seconds", 2))
-            daemon.update(state=st.get("state"), heartbeat_age=age,
+            known = parse_state(st.get("state"))
+            # status.json names a DaemonState; another daemon version's unknown state is
+            # shown as it is written rather than guessed.
+            daemon.update(state=known.value if known is not None else st.get("state"), heartbeat_age=age,
                           responding=age <= STALE_HEARTBEATS * max(interval, 1.0),
                           loop_errors=st.get("loop_errors"))
     wish = control.read_wish(layout)
@@ -168,14 +171,14 @@ def collect(layout: Layout, recent: int = 10) -> dict[str, Any]:
         "done": [job_summary(r) for r in done],
         "failed": [job_summary(r) for r in failed],
         "model": current_model(layout),
-        "publish": _read(layout.run / PUBLISH_JSON),  # [publish] hooks' last outcomes (trainerd.publish)
+        "publish": _read(layout.publish_json),  # [publish] hooks' last outcomes (trainerd.publish)
     }
 
 
 
 def model_versions(layout: Layout, limit: int | None = None) -> list[dict[str, Any]]:
     """Versions oldest first; the newest `limit` of them when given (months make hundreds)."""
-    from trainerd.worker.models import versions  # torch-free at import
+    from trainerd.line.versions import versions
 
     out = []
     for n in versions(layout)[-limit:] if limit else versions(layout):

@@ -24,16 +24,24 @@ from rich.table import Table
 from rich.text import Text
 
 from trainerd import status
+from trainerd.control import Desired
 from trainerd.jobs import EVALS, METRICS
 from trainerd.ledger import read_evals
 from trainerd.paths import Layout
-from trainerd.server import EVAL_SERIES, JsonlTail, eta_seconds
+from trainerd.state import DaemonState
+from trainerd.state import parse as parse_state
+from trainerd.web.series import EVAL_SERIES, JsonlTail, eta_seconds
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 40
 BAR_WIDTH = 30
-STATE_STYLE = {"training": "green", "idle": "cyan", "paused": "yellow", "paused_disk": "red", "paused_model": "red",
-               "stopped": "yellow", "starting": "cyan"}
+# Every DaemonState has a colour (tests/test_watch.py checks): a state added later is not
+# drawn white by accident. An unknown string (another daemon version) is drawn white.
+STATE_STYLE: dict[DaemonState, str] = {
+    DaemonState.STARTING: "cyan", DaemonState.IDLE: "cyan", DaemonState.TRAINING: "green",
+    DaemonState.CONSOLIDATING: "green", DaemonState.PAUSED: "yellow", DaemonState.PAUSED_DISK: "red",
+    DaemonState.PAUSED_MODEL: "red", DaemonState.ERROR: "red", DaemonState.STOPPED: "yellow",
+}
 
 
 def sparkline(values: list[float], width: int = SPARK_WIDTH) -> str:
@@ -114,12 +122,14 @@ class Watcher:
         if not d["running"]:
             line = "daemon  [yellow]not running[/]"
         else:
-            state = d.get("state") or "starting"
-            line = f"daemon  [{STATE_STYLE.get(state, 'white')}]● {state}[/] (pid {d.get('pid')}"
+            raw = d.get("state") or DaemonState.STARTING.value
+            known = parse_state(raw)
+            style = STATE_STYLE[known] if known is not None else "white"
+            line = f"daemon  [{style}]● {escape(str(raw))}[/] (pid {d.get('pid')}"
             if "heartbeat_age" in d:
                 line += f", heartbeat {d['heartbeat_age']:.1f}s ago"
             line += ")" + ("" if d.get("responding", True) else " [bold red]NOT RESPONDING[/]")
-        if wish["state"] != "running":
+        if wish["state"] != Desired.RUNNING.value:
             line += f" · wish [yellow]{wish['state']}[/]" + (f" ({escape(wish['reason'])})" if wish["reason"] else "")
         return _line(line)
 
@@ -129,8 +139,8 @@ class Watcher:
         step, total = p.get("step") or 0, p.get("max_steps") or 0
         if not daemon.get("running"):
             eta = "daemon not running"
-        elif daemon.get("state") != "training":
-            eta = daemon.get("state") or "starting"
+        elif parse_state(daemon.get("state")) != DaemonState.TRAINING:
+            eta = daemon.get("state") or DaemonState.STARTING.value
         else:
             eta = f"ETA {_dur(eta_seconds(p, rows))}" if step else "loading the model"
         bar = Table.grid(padding=(0, 1))

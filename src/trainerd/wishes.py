@@ -3,7 +3,7 @@
 The HTTP server never moves a job or a version itself (DESIGN.md principle 5: the user
 states a wish, the daemon converges). It writes one file per request,
 control/actions/<id>.json, and the daemon's loop carries each out with the queue's and
-the model line's own functions (Queue.move / requeue / remove, lifecycle.rollback),
+the model line's own functions (Queue.move / requeue / remove, line.rollback),
 exactly as the CLI calls them, then writes the outcome to control/actions/done/<id>.json
 for the page to read. A wish is a plain file: it survives a daemon restart and is carried
 out when the daemon is back; a paused daemon still carries them out (editing the queue is
@@ -88,7 +88,8 @@ def pending(layout: Layout) -> list[Path]:
 def carry_out(layout: Layout, queue: Any, on_event: Callable[..., None] | None = None) -> int:
     """Carry out every pending wish, oldest first; returns how many. Never raises for a
     wish that fails: its outcome says why (the page shows it), the loop goes on."""
-    from trainerd.lifecycle import LifecycleError, rollback
+    from trainerd.line.errors import LineError
+    from trainerd.line.rollback import rollback
     from trainerd.queue import QueueError
 
     n = 0
@@ -120,7 +121,7 @@ def carry_out(layout: Layout, queue: Any, on_event: Callable[..., None] | None =
                 raise WishError(f"unknown action {action!r}")
             result["state"] = "done"
             log.info("dashboard: %s %s done", action, args.get("job_id") or args.get("version"))
-        except (QueueError, LifecycleError, WishError, KeyError, ValueError) as e:
+        except (QueueError, LineError, WishError, KeyError, ValueError) as e:
             result.update(state="failed", error=str(e))
             log.warning("dashboard: %s %s refused: %s", action, args.get("job_id") or args.get("version"), e)
         except Exception as e:  # e.g. an OSError: answered once, never retried every tick

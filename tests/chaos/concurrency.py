@@ -18,7 +18,7 @@ from tests.chaos import invariants
 from tests.chaos.harness import Log, Tally, kill_tree, quiet, rng_for, stop_daemon, wait_for
 from tests.conftest import chat_rows, cli, make_base, trainerd_cmd
 from trainerd.lock import holder
-from trainerd.paths import Layout
+from trainerd.paths import PRIORITIES, Layout
 
 QUEUED = re.compile(r"queued (\S+)")
 
@@ -132,8 +132,12 @@ def campaign(model: Path, root: Path, *, rounds: int, starters: int = 20, thread
         finally:
             kill_tree(d)
         tally.fail(f"round {r} invariants", invariants.check(base, exp))
+        layout = Layout.at(base)
         tally.bump("files_added", len(exp.files))
-        tally.bump("jobs_done", len(list(Layout.at(base).done.iterdir())))
+        tally.bump("jobs_done", len(list(layout.done.iterdir())))
+        tally.bump("jobs_failed", len(list(layout.failed.iterdir())))
+        tally.bump("jobs_waiting", sum(len(list(d.iterdir())) for d in
+                                       (*(layout.queued(p) for p in PRIORITIES), layout.active)))
         log(f"round {r}: {tally.summary()['counts']}")
     tally.counts["rounds"] = rounds
     return tally

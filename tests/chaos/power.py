@@ -213,7 +213,7 @@ class Round:
             self._run_cli("models", "rollback", versions[-2] if newest == versions[-1] else versions[-1])
         elif moment == "snapshot":
             self.day += 1
-            code = ("import sys; from trainerd.lifecycle import snapshot; from trainerd.paths import Layout; "
+            code = ("import sys; from trainerd.line.snapshots import snapshot; from trainerd.paths import Layout; "
                     "print(snapshot(Layout.at(sys.argv[1]), day=sys.argv[2]))")
             self._run([sys.executable, "-c", code, str(self.base), f"2030-01-{self.day:02d}"])
 

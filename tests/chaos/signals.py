@@ -1,8 +1,11 @@
 """SIGTERM at random points, once (warm stop) or twice (cold stop), then a restart.
 
 Warm: exit 0; if a worker was training, its attempt ends "stopped" with a checkpoint at
-the step it stopped on (0 steps lost), and the exit comes within one step + one save
-(+ the poll interval and process teardown, measured and reported as `warm_excess_s`).
+the step it stopped on (0 steps lost), committed within one step + one save of the
+signal (+ RELAY_ALLOWANCE_S; a stop later than that is counted as `warm_over_bound`,
+which must stay 0). The exit itself, process teardown included, is measured and reported
+as `warm_excess_s`, not judged: two interpreters' exits on a loaded machine are not the
+stop's doing.
 Cold: exit 0 promptly (measured); the job stays active and resumes on restart.
 After every point the invariants hold; at the end the queue is finished with
 `trainerd run --once` and the model must equal the uninterrupted run's.
@@ -32,9 +35,11 @@ from tests.conftest import cli
 from trainerd import atomic
 from trainerd.paths import Layout
 
-# Between one step's end and the worker noticing the flag, the supervisor's tick (0.2 s
-# while a worker runs) and the two processes' exits; beyond it, the stop was late.
-TEARDOWN_ALLOWANCE_S = 3.0
+# Between the SIGTERM and the worker's flag: the daemon's handler wakes its loop, which
+# signals the worker (a thread wake-up and a kill(2), milliseconds; seconds of margin for
+# a loaded machine). A checkpoint later than the slowest step + the save + this waited for
+# something else, and the stop was late.
+RELAY_ALLOWANCE_S = 3.0
 
 
 def _attempt(job: Path) -> dict:
@@ -96,7 +101,7 @@ def one_point(base: Path, rng, tally: Tally, exp: invariants.Expected, n: int, l
             up = atomic.read_json(layout.status).get("pid") == d.pid
         except (OSError, ValueError):
             up = False
-        t0 = time.monotonic()
+        t0, sent_at = time.monotonic(), time.time()  # the worker's files say time.time()
         d.send_signal(signal.SIGTERM)
         if cold:
             time.sleep(rng.uniform(0.05, 0.5))
@@ -117,14 +122,14 @@ def one_point(base: Path, rng, tally: Tally, exp: invariants.Expected, n: int, l
     tally.bump(f"exit:{rc}")
     problems = [f"exit {rc}"] if rc not in allowed else []
     if not cold and training and jobs[0].exists():
-        problems += _warm_checks(jobs[0], latency, tally)
+        problems += _warm_checks(jobs[0], sent_at, latency, tally)
     problems += invariants.check(base, exp)
     if problems:
         tally.fail(f"point {n} ({kind}, {phase_})", problems)
         log(f"VIOLATION at point {n}: {problems}")
 
 
-def _warm_checks(job: Path, latency: float, tally: Tally) -> list[str]:
+def _warm_checks(job: Path, sent_at: float, latency: float, tally: Tally) -> list[str]:
     a = _attempt(job)
     if a.get("outcome") == "finished":
         return []  # it finished before the signal arrived
@@ -137,7 +142,13 @@ def _warm_checks(job: Path, latency: float, tally: Tally) -> list[str]:
         out.append(f"stopped at step {step} without a checkpoint there (steps lost)")
     step_s, save_s = _step_and_save_s(job, a.get("number", 0))
     tally.sample("warm_excess_s", latency - step_s - save_s)
-    if latency > step_s + save_s + TEARDOWN_ALLOWANCE_S:
+    try:
+        committed_at = float(atomic.read_json(job / "progress.json")["last_checkpoint_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [*out, "a warm stop left no checkpoint time in progress.json"]
+    tally.bump("warm_stops_judged")
+    tally.sample("warm_checkpoint_excess_s", committed_at - sent_at - step_s - save_s)
+    if committed_at - sent_at > step_s + save_s + RELAY_ALLOWANCE_S:
         tally.bump("warm_over_bound")
     return out
 
@@ -158,6 +169,7 @@ def campaign(model: Path, root: Path, ref: Reference, *, points: int, seed: int 
             log(f"all jobs done after {n} points")
             break
     tally.counts["points"] = n
+    tally.counts["done_before_restart"] = len(list(Layout.at(base).done.iterdir()))
     cli("run", "--base-dir", base, "--once", timeout=900)  # the restart finishes the queue
     tally.fail("end", invariants.check(base, exp, final=True) + check_against_reference(base, ref))
     log(f"signals: {tally.summary()}")

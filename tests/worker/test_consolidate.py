@@ -1,4 +1,4 @@
-"""Consolidation in its own process with the real tiny model: it waits for an idle queue,
+"""Consolidation in its own process with the real tiny model: it gives way to waiting work,
 merges, verifies before `current` moves, sets a failed merge aside, and training goes on
 from the merged version with a fresh adapter."""
 
@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import chat_rows, cli, make_base, write_jsonl
-from trainerd import atomic, lifecycle
-from trainerd.config import QueueConfig, load_config
+from trainerd import atomic
+from trainerd.config import ConsolidateConfig, ScheduleConfig, load_config
 from trainerd.jobs import ExitCode, JobMeta
+from trainerd.line.errors import LineError
+from trainerd.line.refs import current
+from trainerd.line.rollback import rollback
+from trainerd.line.versions import current_name, line_state, versions
 from trainerd.paths import Layout
-from trainerd.queue import Queue
-from trainerd.schedule import CONSOLIDATE, ConsolidateConfig, Housekeeping, ScheduleConfig
+from trainerd.schedule import CONSOLIDATE, Housekeeping
 from trainerd.worker import models
 
 pytestmark = pytest.mark.slow
@@ -30,7 +33,7 @@ def hand_adapter(base: Path, seed: int = 0) -> str:
 
     layout = Layout.at(base)
     cfg = load_config(layout.config)
-    parent = models.current(layout, cfg)
+    parent = current(layout, cfg)
     torch.manual_seed(seed)
     model = models.load_for_training(parent, cfg.train)
     with torch.no_grad():
@@ -65,25 +68,30 @@ def test_waits_for_idle_merges_verified_and_training_continues_fresh(tmp_path, t
     old.mkdir(parents=True)
     write_jsonl(old / "data.jsonl", chat_rows(12, "old"))
 
-    # A queued job: consolidation refuses (fix #8) and changes nothing.
-    q = Queue(layout, QueueConfig())
-    ref = q.submit(write_jsonl(tmp_path / "delta.jsonl", chat_rows(8, "delta")))
-    r = consolidate(base)
-    assert r.returncode == ExitCode.STOPPED, r.stderr
-    assert "1 queued" in r.stderr
-    assert lifecycle.current_name(layout) == "v0001" and models.versions(layout) == ["v0001"]
-    assert atomic.read_json(layout.run / "consolidation.json")["status"] == "deferred"
-
-    # Idle: the supervisor's hook starts it (every_jobs = 1) and waits for it.
-    q.remove(ref.id)
+    # Work waiting: the daemon's hook never starts a merge; work arriving once it has started
+    # makes the hook ask it to stop (fix #8). Nothing changes, and it is retried when idle.
     house = Housekeeping(layout, ScheduleConfig(snapshot_at="off"), ConsolidateConfig(every_jobs=1))
     assert house.tick(idle=False) is None
+    assert house.tick(idle=True) == CONSOLIDATE
+    assert house.tick(idle=False) == CONSOLIDATE and house.child.asked_to_stop
+    deadline = time.monotonic() + 300
+    while house.tick(idle=False) == CONSOLIDATE:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert current_name(layout) == "v0001" and versions(layout) == ["v0001"]
+    assert house.retry_at[CONSOLIDATE] > time.monotonic()  # stopped, not failed: again when idle
+    assert "failed_version" not in house.sched.info(CONSOLIDATE)
+    if (layout.run / "consolidation.json").exists():  # absent if the signal beat its handler
+        assert atomic.read_json(layout.run / "consolidation.json")["status"] in ("deferred", "stopped")
+
+    # Idle: the supervisor's hook starts it (every_jobs = 1) and waits for it.
+    house = Housekeeping(layout, ScheduleConfig(snapshot_at="off"), ConsolidateConfig(every_jobs=1))
     assert house.tick(idle=True) == CONSOLIDATE
     deadline = time.monotonic() + 300
     while house.tick(idle=True) == CONSOLIDATE:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert lifecycle.current_name(layout) == "v0002", (layout.logs / "consolidate.log").read_text()
+    assert current_name(layout) == "v0002", (layout.logs / "consolidate.log").read_text()
     man = atomic.verify_manifest(layout.models / "v0002")
     assert (man["kind"], man["parent"], man["base"]) == ("full", "v0001", None)
     assert man["consolidated"]["probe"] == "done jobs' data" and man["consolidated"]["probe_examples"] == 12
@@ -107,7 +115,7 @@ def test_waits_for_idle_merges_verified_and_training_continues_fresh(tmp_path, t
     cli("run", "--base-dir", base, "--once", timeout=600)
     v3 = atomic.verify_manifest(layout.models / "v0003")
     assert (v3["kind"], v3["parent"], v3["base"]) == ("adapter", "v0002", str(layout.models / "v0002"))
-    assert lifecycle.line_state(layout).jobs_since_full == 1
+    assert line_state(layout).jobs_since_full == 1
     b1, b3 = lora_b(layout.models / "v0001"), lora_b(layout.models / "v0003")
     dist = sum(float((b3[k] - b1[k]).norm() ** 2) for k in b1) ** 0.5
     norm1 = sum(float(b1[k].norm() ** 2) for k in b1) ** 0.5
@@ -132,14 +140,14 @@ def test_a_merge_that_fails_verification_is_set_aside(tmp_path, tiny_model):
 
     r = consolidate(base)
     assert r.returncode == ExitCode.NONFINITE, r.stderr
-    assert lifecycle.current_name(layout) == "v0001" and models.versions(layout) == ["v0001"]
+    assert current_name(layout) == "v0001" and versions(layout) == ["v0001"]
     [aside] = [p for p in layout.models.iterdir() if p.name.startswith("rejected-")]
     assert aside.name.startswith("rejected-v0002-of-v0001-")
     assert "non-finite" in atomic.verify_manifest(aside)["rejected"]
     result = atomic.read_json(layout.run / "consolidation.json")
     assert result["status"] == "rejected" and result["path"] == str(aside)
-    with pytest.raises(lifecycle.LifecycleError):
-        lifecycle.rollback(layout, aside.name)
+    with pytest.raises(LineError):
+        rollback(layout, aside.name)
     assert not [p for p in layout.models.iterdir() if p.name.startswith(".")]
 
 

@@ -67,7 +67,7 @@ def test_two_process_group_pauses_resumes_and_equals_one_process(tmp_path, tiny_
     assert sorted(n for n in os.listdir(models) if n.startswith("v")) == ["v0001"]  # rank 0 alone published
     assert json.loads((models / "v0001" / "manifest.json").read_text())["examples_trained"] == N
     log = (Layout.at(base).done / meta["id"] / "worker.log").read_text()
-    assert log.count("trainerd.worker.models: published v0001") == 1
+    assert log.count("trainerd.line.commit: published v0001") == 1
     # Same examples in every step, before and after the pause: the logged losses agree
     # step by step. The weights agree up to float summation order (two ranks' gradients
     # are added by an all-reduce), which Adam carries through 41 steps to a few 1e-5 on

@@ -64,7 +64,7 @@ def test_a_scoring_that_times_out_is_an_unknown_gate_result_not_a_pass(tmp_path,
     from transformers import AutoModelForCausalLM
 
     from trainerd.config import Config
-    from trainerd.worker.models import ModelRef
+    from trainerd.line.refs import ModelRef
     from trainerd.worker.recall import Scorer
 
     layout = Layout.at(tmp_path / "base")

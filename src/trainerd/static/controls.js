@@ -1,43 +1,16 @@
 // trainerd dashboard: the controls that edit the queue and the model line, and uploads.
-// Loaded before app.js; its functions run only once app.js has defined api(), h(), $()…
 //
 // - upload(file): POST /api/queue (validated like an inbox file; 201 queued, 422 rejected).
 // - wish(action, args): POST /api/control/{move,requeue,remove,rollback}; the daemon carries
 //   it out with the queue's / line's own functions (trainerd.wishes), and the page polls
 //   /api/control/actions/{id} for the outcome. The page never moves a job itself.
-"use strict";
-
-// A write with the token: null (and the token bar shown) when there is no usable token.
-async function authed(path, opts, what) {
-  if (!token()) {
-    showTokenBar(true);
-    toast("Enter the API token first (BASE/run/token).", true);
-    return null;
-  }
-  try {
-    return await api(path, { method: "POST", ...opts,
-      headers: { "Authorization": `Bearer ${token()}`, ...(opts.headers || {}) } });
-  } catch (e) {
-    if (e.status === 401) {
-      localStorage.removeItem(TOKEN_KEY);
-      renderTokenState();
-      showTokenBar(true);
-      toast("The token was rejected; paste the current one from BASE/run/token.", true);
-    } else {
-      toast(`${what} failed: ${e.message}`, true);
-    }
-    return null;
-  }
-}
-
-function jsonBody(obj) {
-  return { headers: { "Content-Type": "application/json" }, body: JSON.stringify(obj) };
-}
+import { api, authed, jsonBody, refresh } from "./api.js";
+import { $, fmtNum, h, toast } from "./format.js";
 
 // Queue and model-line edits are wishes (control/actions/): the daemon carries them out
 // with the queue's own functions; the page waits for the outcome and says it.
 const WISH_TIMEOUT_MS = 30000;
-async function wish(action, args, label) {
+export async function wish(action, args, label) {
   const r = await authed(`/api/control/${action}`, jsonBody(args), label);
   if (!r) return;
   toast(`${label}: asked the daemon…`);
@@ -45,22 +18,22 @@ async function wish(action, args, label) {
   while (Date.now() < until) {
     await new Promise((ok) => setTimeout(ok, 400));
     const o = await api(r.outcome).catch(() => null);
-    if (o && o.state === "done") { toast(`${label}: done.`); poll(true); return; }
-    if (o && o.state === "failed") { toast(`${label} refused: ${o.error}`, true); poll(true); return; }
+    if (o && o.state === "done") { toast(`${label}: done.`); refresh(); return; }
+    if (o && o.state === "failed") { toast(`${label} refused: ${o.error}`, true); refresh(); return; }
   }
   toast(`${label}: still waiting for the daemon (is it running?). It happens when it is back.`, true);
 }
 
-async function upload(file, priority = "normal") {
+export async function upload(file, priority = "normal") {
   const r = await authed(`/api/queue?name=${encodeURIComponent(file.name)}&priority=${priority}`,
     { body: file, headers: { "Content-Type": "application/octet-stream" } }, `upload of ${file.name}`);
   if (!r) return;
   toast(`${file.name}: queued as ${r.id} (${fmtNum(r.examples)} examples).`);
-  poll(true);
+  refresh();
 }
 
 // Why nothing trains: a paused daemon with files waiting must not read as "drop a file".
-function idleNote(s) {
+export function idleNote(s) {
   const waiting = (s.queue || {}).queued || 0;
   const d = s.daemon || {};
   const paused = d.state === "paused" || (s.desired || {}).state === "paused";
@@ -70,24 +43,24 @@ function idleNote(s) {
   return null;
 }
 
-function prioritySelect(j) {
+export function prioritySelect(j) {
   const sel = h("select", { class: "prio-select", "aria-label": `priority of ${j.name || j.id}`,
     onchange: (e) => wish("move", { job_id: j.id, priority: e.target.value }, `${j.name || j.id} → ${e.target.value}`) },
     ...["high", "normal", "low"].map((p) => h("option", { value: p, selected: p === j.priority ? "" : null }, p)));
   sel.value = j.priority;
   return sel;
 }
-function removeButton(j) {
+export function removeButton(j) {
   return h("button", { type: "button", class: "ghost small act-remove", title: "Delete this job and its data file",
     onclick: () => window.confirm(`Remove ${j.name || j.id}? Its data file is deleted.`) &&
       wish("remove", { job_id: j.id }, `remove ${j.name || j.id}`) }, "Remove");
 }
-function requeueButton(j) {
+export function requeueButton(j) {
   return h("button", { type: "button", class: "ghost small act-requeue", title: "Queue it again (attempts reset)",
     onclick: () => wish("requeue", { job_id: j.id }, `requeue ${j.name || j.id}`) }, "Requeue");
 }
 
-function wireControls() {
+export function wireControls() {
   $("upload-input").addEventListener("change", async (e) => {
     for (const f of [...e.target.files]) await upload(f);
     e.target.value = "";

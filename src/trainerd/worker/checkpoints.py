@@ -113,6 +113,17 @@ def latest_valid(job_dir: Path, expect: dict[str, Any] | None = None) -> tuple[P
     return None, {}
 
 
+def trained_on(job_dir: Path) -> str | None:
+    """The model version the newest committed checkpoint was trained from, or None. Read
+    only (latest_valid verifies it later): a preempted job resumes on that version."""
+    for ckpt in committed(job_dir):
+        try:
+            return str(atomic.read_json(ckpt / atomic.MANIFEST)["model_version"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
 def clear(job_dir: Path) -> None:
     """A finished job keeps no checkpoints: its result is a published model version."""
     if root(job_dir).exists():

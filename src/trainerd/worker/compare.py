@@ -18,7 +18,7 @@ from typing import Any
 from trainerd.config import Config
 from trainerd.formats import FileKindError, decode, iter_records
 from trainerd.paths import Layout
-from trainerd.worker.generate import Asker, Item, UserError, item_from, items_from_file
+from trainerd.worker.asker import Asker, Item, UserError, item_from, items_from_file
 
 SAME_RTOL = 0.005  # within 0.5% of A's loss counts as unchanged
 

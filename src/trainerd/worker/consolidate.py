@@ -1,10 +1,11 @@
 """`python -m trainerd.worker.consolidate --base-dir BASE`: merge the line's adapter into
 a new full version, verify it, and only then make it current.
 
-The supervisor decides when (trainerd.schedule: only when nothing is queued or active);
-this process does the work and reports through its exit status (trainerd.jobs.ExitCode):
-FINISHED (merged and current, or nothing to merge), STOPPED (asked to stop, or deferred
-because jobs are waiting: try again later), DATA_ERROR (the merge failed verification or
+The supervisor decides when (trainerd.schedule: only when nothing is queued or active, and
+it asks this process to stop, SIGTERM, when work arrives or the daemon pauses); this
+process never looks at the queue. It does the work and reports through its exit status
+(trainerd.jobs.ExitCode): FINISHED (merged and current, or nothing to merge), STOPPED
+(asked to stop: try again later), DATA_ERROR (the merge failed verification or
 the adapter is damaged: set aside, not retried), NONFINITE (the merged weights hold
 NaN/Inf), RESOURCE_ERROR (out of memory); anything else is a crash. run/consolidation.json
 says what happened, for people and for `trainerd status`.
@@ -14,12 +15,16 @@ weight is NaN/Inf, its loss on a probe set (`[eval] probe_file`, else a fixed sa
 jobs' examples) matches the adapter model's within loss_rtol, and its logits for a fixed
 input are allclose to the adapter model's. A merge that fails stays in
 models/rejected-vNNNN-of-vMMMM-<time>/ with the reason in its manifest.
+
+`--export NAME DEST` instead writes adapter version NAME merged into its base to DEST,
+verified the same way, and prints the result as JSON (trainerd.line.export asks for it).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import math
 import os
@@ -31,12 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainerd import __version__, atomic, lifecycle
-from trainerd.config import Config, DataMapConfig, QueueConfig, load_config
+from trainerd import __version__, atomic, children
+from trainerd.config import Config, ConsolidateConfig, DataMapConfig, load_config
 from trainerd.jobs import ExitCode
+from trainerd.line.errors import Busy, LineError
+from trainerd.line.export import check_export
+from trainerd.line.lock import models_lock
+from trainerd.line.refs import current, set_current
+from trainerd.line.replay import nonblank_lines, sample_examples
+from trainerd.line.versions import REJECTED, current_name, next_name, problems, resolve_base
 from trainerd.paths import Layout
-from trainerd.queue import Queue
-from trainerd.schedule import ConsolidateConfig, section
 from trainerd.worker import models
 from trainerd.worker.main import StopFlag, _die_with_parent
 
@@ -71,14 +80,12 @@ def probe_rows(layout: Layout, n: int, probe_file: str = PROBE_JSONL,
     """Up to n held examples, in a standard format: the probe set (`[eval] probe_file`,
     relative to the base dir) if present, else a seeded sample of the done jobs' data (the
     same sample every time while done/ is unchanged). `[data.map]` formats count too."""
-    import json
-
     from trainerd.formats import NO_MAP, FormatError, parse, to_json
 
     path = layout.base / probe_file  # an absolute probe_file stays as it is
     if path.is_file():
         rows = []
-        for _n, raw in lifecycle._nonblank_lines(path):
+        for _n, raw in nonblank_lines(path):
             try:
                 rows.append(to_json(parse(json.loads(raw), data_map or NO_MAP)))
             except (ValueError, FormatError):
@@ -86,7 +93,7 @@ def probe_rows(layout: Layout, n: int, probe_file: str = PROBE_JSONL,
             if len(rows) >= n:
                 break
         return rows, str(path)
-    raw, _sources, _total = lifecycle.sample_examples(layout, n, PROBE_SEED, data_map=data_map or NO_MAP)
+    raw, _sources, _total = sample_examples(layout, n, PROBE_SEED, data_map=data_map or NO_MAP)
     return [json.loads(r) for r in raw], "done jobs' data"
 
 
@@ -192,47 +199,32 @@ def merge_and_verify(adapter_dir: Path, base: str, out: Path, cfg: Config, ccfg:
 
 
 # ------------------------------------------------------------------ consolidation
-def _waiting(layout: Layout) -> str | None:
-    """Jobs waiting or running, or files in the inbox: then a merge must not start."""
-    q = Queue(layout, QueueConfig())  # counting needs no settings
-    c, inbox = q.counts(), q.pending_inbox()
-    if c["queued"] or c["active"] or inbox:
-        return f"{c['queued']} queued, {c['active']} active, {inbox} in the inbox"
-    return None
-
-
 def _result(layout: Layout, **info: Any) -> None:
     atomic.write_json(layout.run / RESULT_JSON, {"at": time.time(), **info})
 
 
-def _next_name(layout: Layout) -> str:
-    existing = models.versions(layout)
-    return f"v{(models._version_number(existing[-1]) or 0) + 1 if existing else 1:04d}"
-
-
 def consolidate(layout: Layout, stop: StopFlag | None = None) -> ExitCode:
     cfg = load_config(layout.config)
-    ccfg: ConsolidateConfig = section(cfg, "consolidate")
-    with lifecycle.models_lock(layout, "consolidation", timeout=60):
-        waiting = _waiting(layout)
-        if waiting:  # fix #8 of the original daemon: never merge under a job
-            log.info("not consolidating: %s", waiting)
-            _result(layout, status="deferred", reason=waiting)
+    ccfg = cfg.consolidate
+    with models_lock(layout, "consolidation", timeout=60):
+        if stop:  # work arrived, or a pause, while it started (fix #8: never merge under a job)
+            log.info("not consolidating: %s", stop.reason or "asked to stop")
+            _result(layout, status="deferred", reason=stop.reason or "asked to stop")
             return ExitCode.STOPPED
-        ref = models.current(layout, cfg)
+        ref = current(layout, cfg)
         if ref.kind != "adapter" or ref.path is None:
             log.info("nothing to consolidate: current is %s (%s)", ref.version, ref.kind)
             _result(layout, status="nothing", version=ref.version, reason=f"current is {ref.kind}")
             return ExitCode.FINISHED
-        found = lifecycle.problems(layout, ref.version)
+        found = problems(layout, ref.version)
         if found:
             log.error("not consolidating %s: %s", ref.version, "; ".join(found))
             _result(layout, status="refused", source=ref.version, reason="; ".join(found))
             return ExitCode.DATA_ERROR
 
-        name = _next_name(layout)
+        name = next_name(layout)
         tmp = layout.models / f"{atomic.TMP_PREFIX}consolidate-{name}"
-        base = lifecycle.resolve_base(layout, ref.manifest) or ref.base
+        base = resolve_base(layout, ref.manifest) or ref.base
         probe, probe_from = probe_rows(layout, ccfg.probe_examples, cfg.eval.probe_file, cfg.data.map)
         log.info("merging %s into %s (%d probe examples from %s)", ref.version, base, len(probe), probe_from)
         t0 = time.monotonic()
@@ -249,7 +241,7 @@ def consolidate(layout: Layout, stop: StopFlag | None = None) -> ExitCode:
         meta = {
             "version": name, "parent": ref.version, "kind": "full", "base": None,
             # The merged weights hold these jobs: a worker that died after publishing one of
-            # them still recognises it as published (models.published_version).
+            # them still recognises it as published (line.refs.published_version).
             "jobs": ref.manifest.get("jobs", []),
             "created_at": time.time(), "trainerd_version": __version__,
             "consolidated": {"from": ref.version, "base": base, "probe": probe_from,
@@ -258,7 +250,7 @@ def consolidate(layout: Layout, stop: StopFlag | None = None) -> ExitCode:
         if not checks.ok:
             reason = "; ".join(checks.reasons)
             atomic.write_manifest(tmp, {**meta, "version": None, "rejected": reason})
-            aside = layout.models / f"{lifecycle.REJECTED}{name}-of-{ref.version}-{time.strftime('%Y%m%dT%H%M%S')}"
+            aside = layout.models / f"{REJECTED}{name}-of-{ref.version}-{time.strftime('%Y%m%dT%H%M%S')}"
             atomic.rename(tmp, aside)
             log.error("consolidation of %s rejected (%s); kept aside as %s; current is still %s",
                       ref.version, reason, aside.name, ref.version)
@@ -268,15 +260,14 @@ def consolidate(layout: Layout, stop: StopFlag | None = None) -> ExitCode:
         atomic.make_readable(tmp)  # served as it is: readable whatever the umask
         atomic.write_manifest(tmp, meta)
         atomic.rename(tmp, layout.models / name)
-        waiting = _waiting(layout)
-        if lifecycle.current_name(layout) != ref.version or waiting:
-            # Someone trained on meanwhile (a manual run beside the daemon): the merged
-            # version stays as a sound version, but the line has moved on without it.
-            why = waiting or f"current moved to {lifecycle.current_name(layout)}"
+        if current_name(layout) != ref.version or stop:
+            # Someone trained on meanwhile (a manual run beside the daemon), or work is
+            # waiting: the merged version stays as a sound version, but not current.
+            why = (stop.reason or "asked to stop") if stop else f"current moved to {current_name(layout)}"
             log.warning("%s verified but not made current: %s", name, why)
             _result(layout, status="not current", version=name, source=ref.version, reason=why)
             return ExitCode.STOPPED
-        models.set_current(layout, name)
+        set_current(layout, name)
     log.info("consolidated %s into full version %s (probe loss %.4f -> %.4f, max logit diff %.2g)",
              ref.version, name, checks.details["adapter_loss"], checks.details["merged_loss"],
              checks.details["max_logit_diff"])
@@ -288,16 +279,18 @@ def export_merged(layout: Layout, name: str, dest: Path) -> dict[str, Any]:
     """Adapter version `name` merged into its base, written to `dest` (a plain HF model
     folder with a manifest), verified like a consolidation."""
     cfg = load_config(layout.config)
-    ccfg: ConsolidateConfig = section(cfg, "consolidate")
-    man = atomic.read_json(layout.models / name / atomic.MANIFEST)
-    base = lifecycle.resolve_base(layout, man)
+    ccfg = cfg.consolidate
+    name, man, dest = check_export(layout, name, dest)
+    if man.get("kind") != "adapter":
+        raise LineError(f"{name} is a full version: nothing to merge; export it without --merged")
+    base = resolve_base(layout, man)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{atomic.TMP_PREFIX}export-{dest.name}-{os.getpid()}"
     try:
         checks = merge_and_verify(layout.models / name, str(base), tmp, cfg, ccfg,
                                   probe_rows(layout, ccfg.probe_examples, cfg.eval.probe_file, cfg.data.map)[0])
         if not checks.ok:
-            raise lifecycle.LifecycleError(f"merged export of {name} failed verification: "
+            raise LineError(f"merged export of {name} failed verification: "
                                            f"{'; '.join(checks.reasons)}")
         atomic.make_readable(tmp)
         atomic.write_manifest(tmp, {"exported_from": name, "kind": "full", "merged_from": name,
@@ -322,14 +315,25 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()  # never merge on beside a restarted daemon
     ap = argparse.ArgumentParser(prog="python -m trainerd.worker.consolidate")
     ap.add_argument("--base-dir", type=Path, required=True)
+    ap.add_argument("--export", nargs=2, metavar=("VERSION", "DEST"), default=None,
+                    help="write adapter VERSION merged into its base to DEST (a new folder) instead")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    # An export's stderr is a person's terminal: warnings only, as when it ran in the CLI.
+    logging.basicConfig(level=logging.WARNING if args.export else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     layout = Layout.at(args.base_dir)
+    if args.export:  # `trainerd models export --merged` (trainerd.line.export), in children's format
+        channel = children.Channel()
+        try:
+            channel.result(export_merged(layout, args.export[0], Path(args.export[1])))
+        except LineError as e:
+            channel.error(str(e))  # the CLI says it: `error: <sentence>`
+            return int(ExitCode.DATA_ERROR)
+        return int(ExitCode.FINISHED)
     try:
         return int(consolidate(layout, stop))
-    except lifecycle.Busy as e:
+    except Busy as e:
         log.warning("%s", e)
         return int(ExitCode.STOPPED)
     except Exception as e:

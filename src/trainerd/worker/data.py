@@ -278,7 +278,7 @@ class _Joined:
 
 
 def with_replay(tok: Tokenized, r: Tokenized) -> Tokenized:
-    """The job's examples followed by replayed ones (trainerd.lifecycle.replay_for_job);
+    """The job's examples followed by replayed ones (trainerd.line.replay.replay_for_job);
     the job's data order then mixes them into the epoch. Over-length replayed examples are
     dropped whatever train.overlength says (not this file's fault). Their `lines` are
     negative: -n is line n of replay.jsonl."""

@@ -11,14 +11,29 @@ on each job's sample (`recall/<job-id>`: a column of the forgetting matrix) and 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+from trainerd.line.refs import ModelRef
 from trainerd.paths import Layout
-from trainerd.worker.models import ModelRef
 
 log = logging.getLogger("trainerd.worker.lineboard")
 
 LINE_RUN = ("tensorboard", "line")
+
+
+def summary_writer(log_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter for log_dir, or None (a log line) when none can be made.
+    Each job's run (trainerd.worker.train) and the line's run use it."""
+    try:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+        except ImportError:
+            from tensorboardX import SummaryWriter
+        return SummaryWriter(log_dir=str(log_dir))
+    except Exception as e:  # not installed, or installed but broken (e.g. a protobuf clash)
+        log.info("no TensorBoard event files in %s (pip install tensorboardX): %s", log_dir, e)
+        return None
 
 
 def offset(parent: ModelRef) -> int:
@@ -29,8 +44,6 @@ def offset(parent: ModelRef) -> int:
 def callback(layout: Layout, parent: ModelRef) -> Any:
     """A TrainerCallback writing the line run, or None without a TensorBoard writer."""
     from transformers import TrainerCallback
-
-    from trainerd.worker.train import summary_writer
 
     writer = summary_writer(layout.base.joinpath(*LINE_RUN))
     if writer is None:

@@ -9,7 +9,7 @@ states put back), so scoring never changes what is trained.
 - probe: the probe set's scores (evals.evaluate), reusing the end-of-job eval of this
   attempt when it is complete;
 - recall: loss on the recall samples (models/recall/<job>.jsonl) of the last
-  eval.recall_jobs jobs of the line, the job's own included (trainerd.forgetting).
+  eval.recall_jobs jobs of the line, the job's own included (trainerd.line.forgetting).
 
 A scoring error or time-out is written down as the gate's `problem` (result "unknown"),
 never a pass.
@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainerd import atomic, forgetting, gate
+from trainerd import atomic, gate
 from trainerd.config import Config
 from trainerd.formats import iter_records
 from trainerd.jobs import DATA, JobMeta
+from trainerd.line import forgetting
+from trainerd.line.refs import ModelRef
 from trainerd.paths import Layout
 from trainerd.worker import evals
-from trainerd.worker.models import ModelRef
 
 log = logging.getLogger("trainerd.worker.recall")
 

@@ -1,6 +1,7 @@
 """Build a tiny causal LM and tokenizer locally: no download, seconds on a CPU.
 
-Used by `trainerd init --tiny-model`, the demo and the tests. Real users point
+Used by `trainerd init --tiny-model` (as `python -m trainerd.worker.tiny OUT`, a child
+process: the CLI never imports torch), the demo and the tests. Real users point
 `base_model` at a real model instead. The model is a random-init Qwen2 (the architecture
 of many small chat models) warmed by a fixed number of full fine-tuning steps (a few
 seconds; a step count, not a time, so the model is the same on a loaded machine) on a
@@ -9,10 +10,14 @@ built-in corpus, so that LoRA on the demo data shows a loss that visibly falls.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from trainerd import children
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -161,3 +166,27 @@ def _warm(model, tokenizer, steps: int, seed: int, words: list[str],
             on_step(len(losses), steps)
     model.eval()
     return losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainerd.worker.tiny OUT [--samples-dir D] [--warm-steps N]`: build the
+    model, saying each warm-up step and then the model's facts (trainerd.children)."""
+    ap = argparse.ArgumentParser(prog="python -m trainerd.worker.tiny")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--samples-dir", type=Path, default=None)
+    ap.add_argument("--warm-steps", type=int, default=300)
+    args = ap.parse_args(argv)
+    channel = children.Channel()
+    try:
+        info = build_tiny_model(args.out, samples_dir=args.samples_dir, warm_steps=args.warm_steps,
+                                on_step=channel.progress)
+    except OSError as e:
+        channel.error(f"could not write the tiny model into {args.out}: {e.strerror or e}; "
+                      "check that the base dir is writable and has free space")
+        return 1
+    channel.result(info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,7 +35,8 @@ log = logging.getLogger("trainerd.worker.tokenize")
 
 
 def _tokenizer(layout: Layout):
-    from trainerd.worker.models import current, load_tokenizer
+    from trainerd.line.refs import current
+    from trainerd.worker.models import load_tokenizer
 
     cfg = load_config(layout.config)
     return cfg, load_tokenizer(current(layout, cfg))

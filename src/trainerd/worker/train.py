@@ -17,12 +17,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainerd import __version__, atomic, guards, lifecycle
+from trainerd import __version__, atomic, guards
 from trainerd.config import Config, load_config
 from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
+from trainerd.line.refs import NoSuchModel, current, published_version, resolve
+from trainerd.line.replay import REPLAY_JSONL, replay_for_job
 from trainerd.paths import Layout
 from trainerd.worker import checkpoints, heartbeat, models, preflight, timing
 from trainerd.worker.data import JobDataset, data_order, prepare
+from trainerd.worker.errors import DiskLow, HostMemoryExceeded, NonFiniteLoss
+from trainerd.worker.lineboard import summary_writer
 
 if TYPE_CHECKING:
     from trainerd.worker.main import StopFlag
@@ -32,18 +36,6 @@ log = logging.getLogger("trainerd.worker.train")
 
 
 PROGRESS_EVERY = 1.0  # seconds between progress.json rewrites (status reads it; no need for more)
-
-
-class NonFiniteLoss(RuntimeError):
-    """Loss or gradient norm became NaN/Inf; says at which step and on which examples."""
-
-
-class HostMemoryExceeded(MemoryError):
-    """The worker's RSS passed train.max_host_memory_gb (the CPU analogue of CUDA OOM)."""
-
-
-class DiskLow(RuntimeError):
-    """No room for the next checkpoint; the worker stops without writing a partial one."""
 
 
 
@@ -274,19 +266,6 @@ def tensorboard_callback(job_dir: Path) -> Any:
     return None if writer is None else TensorBoardCallback(writer)
 
 
-def summary_writer(log_dir: Path) -> Any:
-    """A TensorBoard SummaryWriter for log_dir, or None (a log line) when none can be made."""
-    try:
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
-        except ImportError:
-            from tensorboardX import SummaryWriter
-        return SummaryWriter(log_dir=str(log_dir))
-    except Exception as e:  # not installed, or installed but broken (e.g. a protobuf clash)
-        log.info("no TensorBoard event files in %s (pip install tensorboardX): %s", log_dir, e)
-        return None
-
-
 def _job_trainer():
     import torch
     from transformers import Trainer
@@ -381,13 +360,24 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None =
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
-    done_as = models.published_version(layout, cfg, meta)
+    done_as = published_version(layout, cfg, meta)
     if done_as is not None:
         log.info("%s is already published as %s (the last attempt died after publishing)", meta.id, done_as)
         checkpoints.clear(job_dir)
         return ExitCode.FINISHED
 
-    parent = models.current(layout, cfg)
+    parent = current(layout, cfg)
+    was = checkpoints.trained_on(job_dir) if meta.preempted_by else None
+    if was is not None and was != parent.version:
+        # queue.preempt: resume exactly, on the version it trained from; published held, since
+        # the job that preempted it moved current meanwhile (docs/DECISIONS.md). A version gone
+        # since (gc) leaves current, and its checkpoint is set aside as after any move.
+        try:
+            parent = resolve(layout, cfg, was)
+            log.info("%s was preempted by %s; resuming on %s (current is %s)", meta.id, meta.preempted_by,
+                     was, current(layout, cfg).version)
+        except NoSuchModel as e:
+            log.warning("%s: cannot resume on %s (%s); training from current", meta.id, was, e)
     # A warm worker's previous job published `parent` from this very model: no load.
     kept = carry.take(parent, cfg) if carry is not None else None
     timing.mark("resolve")
@@ -401,10 +391,10 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None =
 
     def prepare_data():
         # Replay against forgetting: a fixed sample of done jobs' examples joins this epoch.
-        _, replay = lifecycle.replay_for_job(layout, job_dir, cfg.replay.fraction, meta.examples,
+        _, replay = replay_for_job(layout, job_dir, cfg.replay.fraction, meta.examples,
                                              cfg.replay.max_examples, cfg.data.map)
         return replay, prepare(job_dir, tokenizer, cfg.train, meta.sha256,
-                               job_dir / lifecycle.REPLAY_JSONL if replay else None,
+                               job_dir / REPLAY_JSONL if replay else None,
                                replay["sha256"] if replay else "", cfg.data.map, meta.original_name)
 
     heartbeat.phase("tokenizing")
@@ -499,7 +489,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None =
                                   "dropped": tok.dropped, "truncated": tok.truncated,
                                   "final_loss": progress.last.get("loss"), "replay": replay, **scored,
                                   "line_step": lineboard.offset(parent) + trainer.state.global_step},
-                                 make_current=not held)
+                                 make_current=not held, preempted_by=meta.preempted_by)
         log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
         if carry is not None:
             carry.keep(trainer.model, tokenizer, version, layout, held)
