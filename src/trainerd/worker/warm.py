@@ -207,6 +207,7 @@ def serve(job_dir: Path, max_jobs: int, attempt: Callable[[Path, Carry], int],
         timing.write(job_dir, exit=code, job_in_process=session.jobs)
         if code != int(ExitCode.FINISHED):
             return code  # the exit status is this job's record, as for any worker
+        release_memory()  # the job's Trainer and optimizer state, before memory is compared
         carry_on = session.retire_reason(stopping())
         if carry_on is not None:
             log.info("not waiting for another job: %s", carry_on)
