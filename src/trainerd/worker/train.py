@@ -23,7 +23,7 @@ from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.line.refs import NoSuchModel, current, published_version, resolve
 from trainerd.line.replay import REPLAY_JSONL, replay_for_job
 from trainerd.paths import Layout
-from trainerd.worker import checkpoints, heartbeat, models, preflight, timing
+from trainerd.worker import checkpoints, fsdp, heartbeat, models, preflight, timing
 from trainerd.worker.data import JobDataset, data_order, prepare
 from trainerd.worker.errors import DiskLow, HostMemoryExceeded, NonFiniteLoss
 from trainerd.worker.lineboard import summary_writer
@@ -188,6 +188,7 @@ def _callbacks():
             atomic.write_json(self.job_dir / PROGRESS_JSON, {
                 **self.last, **self.last_ckpt, "max_steps": state.max_steps,
                 "examples_total": self.n, "rss_bytes": rss, "gpu_bytes": _gpu_bytes(),
+                "gpu_peak_bytes": _gpu_bytes(peak=True),
                 "pid": os.getpid(), "updated_at": time.time(),
             }, sync=False)
 
@@ -245,10 +246,13 @@ def rank0_first(fn):
             barrier()
 
 
-def _gpu_bytes() -> int | None:
+def _gpu_bytes(peak: bool = False) -> int | None:
+    """GPU memory allocated by this process now (or its peak so far: bench/gpu.sh reads it)."""
     import torch
 
-    return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated())
 
 
 def tensorboard_callback(job_dir: Path) -> Any:
@@ -320,6 +324,7 @@ def training_arguments(cfg: Config, output_dir: Path, seed: int):
         optim=t.optimizer if t.optimizer != "auto" else "adamw_torch_fused" if cuda else "adamw_torch",
         torch_compile=t.compile,
         ddp_find_unused_parameters=False,
+        **fsdp.arguments(t),
     )
 
 
@@ -384,7 +389,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None =
     # The daemon's preflight, again here: a model that vanished or a template that raises
     # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
     tokenizer = kept.tokenizer if kept else \
-        models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
+        models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source,
+                                                     cfg.train.quantization, bool(cfg.train.fsdp))[0])
     timing.mark("tokenizer")
     init_distributed()
     world = _world()[1]
@@ -440,10 +446,13 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None =
     progress = Progress(job_dir, attempt, ds, per_step)
     ctl = Control(stop, cfg, job_dir)
     probe = evals.callback(layout, cfg, job_dir, attempt, tokenizer, stop)
+    if cfg.train.fsdp and probe is not None:  # rank 0 alone runs evals; a sharded forward needs all
+        log.warning("train.fsdp: no probe evals, gate or forgetting scores for this job (docs/MODELS.md)")
+        probe = None
     # The parent's scores for the gate and the forgetting matrix: on the model as loaded,
     # before any step (rank 0 alone; worker/recall.py).
     scorer = recall.start(layout, cfg, meta, parent, tokenizer, job_dir, model,
-                          probe.probe if probe else None) if _world()[0] == 0 else None
+                          probe.probe if probe else None) if _world()[0] == 0 and not cfg.train.fsdp else None
     timing.mark("parent_scores")
     trainer = _job_trainer()(
         model=model,
@@ -453,6 +462,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None =
         callbacks=[ctl, progress, Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep),
                    *([probe] if probe else [])],
     )
+    fsdp.check_applied(trainer, cfg.train)
     if _stop_before_training(stop, "setting up the trainer"):
         return ExitCode.STOPPED
     tb = tensorboard_callback(job_dir) if trainer.is_world_process_zero() else None
@@ -473,6 +483,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None =
         log.info("stopped at step %d/%d with a checkpoint (%s)", trainer.state.global_step,
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
+    gathered = fsdp.gather(trainer, cfg.train)  # a sharded model's weights: every rank joins
     if trainer.is_world_process_zero():
         heartbeat.phase("eval", trainer.state.global_step)  # the gate's scoring is an eval
         # After the last step, before publishing: the candidate's scores and the gate's verdict.
@@ -489,7 +500,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None =
                                   "dropped": tok.dropped, "truncated": tok.truncated,
                                   "final_loss": progress.last.get("loss"), "replay": replay, **scored,
                                   "line_step": lineboard.offset(parent) + trainer.state.global_step},
-                                 make_current=not held, preempted_by=meta.preempted_by)
+                                 make_current=not held, preempted_by=meta.preempted_by, state_dict=gathered)
         log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
         if carry is not None:
             carry.keep(trainer.model, tokenizer, version, layout, held)
