@@ -68,6 +68,8 @@ class TrainConfig(_Section):
     max_host_memory_gb: float = Field(
         0, ge=0, description="worker RSS ceiling; above it the micro-batch is halved (0 = off)"
     )
+    warm_jobs: int = Field(8, ge=1, le=10000, description="jobs one worker process may train in a row, the model "
+                           "kept loaded (trainerd.worker.warm); 1 = a fresh process for every job")
     nproc: int = Field(1, ge=1, le=1024, description="processes per node; above 1 the worker runs under torchrun")
     torchrun_args: list[str] = Field(
         default_factory=list, description="extra torchrun arguments, e.g. ['--nnodes=2', "
