@@ -186,8 +186,9 @@ def _attempt(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None 
         if not os.environ.get(GROUP_LOCKED_ENV):  # a torchrun group's launcher holds it
             lock = _lock_job(job_dir)
         from trainerd.worker.data import DataError
+        from trainerd.worker.errors import DiskLow, NonFiniteLoss
         from trainerd.worker.preflight import ModelUnavailable
-        from trainerd.worker.train import DiskLow, NonFiniteLoss, run_job
+        from trainerd.worker.train import run_job
 
         _freeze_import_heap()
         timing.mark("imports")  # torch, transformers, peft
