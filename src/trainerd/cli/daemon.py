@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,12 @@ def run(
         fail(str(e), 2)
     try:
         code = run_daemon(base_dir, once=once, start_web=_start_web)
+        # The daemon has stopped and recorded it. While the interpreter exits, Python puts
+        # SIGTERM back to its default action, so a second SIGTERM (systemd, an impatient
+        # operator) in those last milliseconds would turn a clean exit 0 into -15: from
+        # here on a stop is already done, so ignore it (the signals campaign found this).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (ConfigError, PreflightError) as e:
         fail(str(e), 2)
     except AlreadyRunning as e:
