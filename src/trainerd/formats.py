@@ -257,7 +257,7 @@ def _chat(msgs: Any, tools: Any, key: str, rk: str, ck: str, system: str | None,
         if not isinstance(m, dict):
             raise FormatError(f"{where} must be an object with '{rk}' and '{ck}'")
         role = m.get(rk, m.get("role"))
-        role = ROLE_ALIASES.get(role, role)
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role  # a list: unhashable
         if role not in ROLES:
             raise FormatError(f"{where}.{rk} is {role!r}; allowed: {', '.join(ROLES)}")
         content = _content(m.get(ck, m.get("content")), f"{where}.{ck}")

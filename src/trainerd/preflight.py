@@ -108,6 +108,7 @@ def check(layout: Layout, cfg: Config, *, remember: bool = True,
         weights, tok_source = targets(layout, cfg)
     except Exception as e:  # a damaged current version: the worker would fail on it too
         return Result(False, f"the current model version cannot be read ({e}); see `trainerd models show`")
+    quant, fsdp = cfg.train.quantization, bool(cfg.train.fsdp)
     folders = [locate(weights), locate(tok_source)]
     if folders[0] is None:
         return Result(False, missing_sentence(cfg, weights))
@@ -115,7 +116,8 @@ def check(layout: Layout, cfg: Config, *, remember: bool = True,
         return Result(False, f"the tokenizer source {tok_source!r} of the current model is missing; "
                       "see `trainerd models show` or roll back")
     try:
-        fp = _fingerprint([f for f in dict.fromkeys(folders) if f is not None])
+        # The quantization is part of what was checked: a success without it proves nothing.
+        fp = [*_fingerprint([f for f in dict.fromkeys(folders) if f is not None]), ["quantization", quant, "fsdp", fsdp]]
     except OSError as e:
         return Result(False, f"cannot read the model folder {folders[0]} ({e.strerror}); fix its permissions")
     cache = layout.run / CACHE_NAME
@@ -125,7 +127,7 @@ def check(layout: Layout, cfg: Config, *, remember: bool = True,
                 return Result(True, cached=True)
         except (OSError, ValueError):
             pass
-    res = _child(weights, tok_source, cancel)
+    res = _child(weights, tok_source, cancel, quant, fsdp)
     if res.cancelled:
         return res
     if res.ok and remember:
@@ -138,10 +140,12 @@ def check(layout: Layout, cfg: Config, *, remember: bool = True,
     return res
 
 
-def _child(weights: str, tok_source: str, cancel: Callable[[], bool]) -> Result:
+def _child(weights: str, tok_source: str, cancel: Callable[[], bool], quantization: str = "none",
+           fsdp: bool = False) -> Result:
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, "-m", "trainerd.worker.preflight", "--weights", weights,
-                          "--tokenizer", tok_source], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          "--tokenizer", tok_source, "--quantization", quantization,
+                          *(["--fsdp"] if fsdp else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=child_env(), stdin=subprocess.DEVNULL)
     while True:
         try:

@@ -33,7 +33,7 @@ from tests.chaos.harness import (
 )
 from tests.conftest import cli
 from trainerd import atomic
-from trainerd.paths import Layout
+from trainerd.paths import PRIORITIES, Layout
 
 # Between the SIGTERM and the worker's flag: the daemon's handler wakes its loop, which
 # signals the worker (a thread wake-up and a kill(2), milliseconds; seconds of margin for
@@ -78,8 +78,8 @@ def _wait_training(layout: Layout, daemon_pid: int, timeout: float) -> bool:
         ws = {w.pid for w in workers(daemon_pid)}
         if ws and _training_pid(layout) in ws:
             return True
-        if not any(layout.active.iterdir()) and not any(layout.queued("normal").iterdir()):
-            return False  # nothing left to train
+        if not any(any(d.iterdir()) for d in (layout.inbox, layout.active, *map(layout.queued, PRIORITIES))):
+            return False  # nothing left to train (a file still in the inbox is yet to be taken in)
         time.sleep(0.01)
     return False
 

@@ -26,6 +26,13 @@ def test_openapi_lists_the_api_with_typed_answers(server):
     assert ok == {"$ref": "#/components/schemas/Status"}
     assert "422" in paths["/api/queue"]["post"]["responses"]  # a rejected file, with its lines
     assert "/" not in paths and "/static/app.js" not in paths  # assets are not API
+    # Writes need the token, reads do not; the schema says which is which.
+    assert spec["components"]["securitySchemes"]["token"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "The contents of BASE/run/token (0600, made at the daemon's first start)"}
+    assert paths["/api/control/pause"]["post"]["security"] == [{"token": []}]
+    assert paths["/api/queue"]["post"]["security"] == [{"token": []}]
+    assert "security" not in paths["/api/status"]["get"]
 
 
 def test_no_docs_pages_and_errors_are_json(server):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class _Section(BaseModel):
@@ -54,9 +54,11 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="\"auto\" (bf16 where supported, else fp32), \"fp32\", \"bf16\", \"fp16\"")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, more time")
-    attention: Literal["auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+    attention: Literal["auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2", "flex_attention",
+                       "varlen"] = Field(
         "auto", description="attention kernel; auto = flash_attention_2 on CUDA when installed, else "
-        "packed_sdpa for packed batches and sdpa otherwise")
+        "packed_sdpa for packed batches and sdpa otherwise; varlen = torch's own flash varlen kernel "
+        "for packed rows (CUDA, torch >= 2.9)")
     compile: bool = Field(False, description="torch.compile the model (Trainer's torch_compile; pays off "
                           "on long jobs on a GPU)")
     optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused"] = Field(
@@ -68,7 +70,33 @@ class TrainConfig(_Section):
     torchrun_args: list[str] = Field(
         default_factory=list, description="extra torchrun arguments, e.g. ['--nnodes=2', "
         "'--rdzv-backend=c10d', '--rdzv-endpoint=HOST:29500'] (default: --standalone)")
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="4bit = QLoRA: LoRA on a base loaded in 4 bits (bitsandbytes NF4, double "
+        "quantization, bf16 compute; needs bitsandbytes and a CUDA GPU)")
+    fsdp: list[Literal["full_shard", "shard_grad_op", "offload", "auto_wrap"]] = Field(
+        default_factory=list, description="shard a full fine-tune over the group's processes with FSDP "
+        "(FSDP2 where torch has it; sharded checkpoints), e.g. ['full_shard', 'auto_wrap']; [] = off (DDP)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    # Field validators (not a model validator) so each error names its own key.
+    @field_validator("quantization")
+    @classmethod
+    def _quantized_base_trains_lora(cls, v: str, info: ValidationInfo) -> str:
+        if v != "none" and info.data.get("method") == "full":
+            raise ValueError(f'a {v} base cannot be fully fine-tuned (only an adapter trains on it); '
+                             'set method = "lora" or quantization = "none"')
+        return v
+
+    @field_validator("fsdp")
+    @classmethod
+    def _fsdp_shards_full_fine_tunes(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if v and info.data.get("method") != "full":
+            raise ValueError('FSDP shards a full fine-tune (an adapter fits one device); set method = "full" '
+                             "or fsdp = []")
+        if v and info.data.get("nproc", 1) == 1 and not info.data.get("torchrun_args"):
+            raise ValueError("FSDP shards over a group's processes, and nproc = 1 is one; set nproc to the "
+                             "number of GPUs (or torchrun_args for several nodes), or fsdp = []")
+        return v
 
 
 class CheckpointConfig(_Section):

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trainerd import __version__
@@ -47,13 +48,17 @@ def reader(request: Request) -> Reader:
     return request.app.state.reader
 
 
-def require_token(request: Request) -> None:
+BEARER = HTTPBearer(auto_error=False, scheme_name="token",
+                    description="The contents of BASE/run/token (0600, made at the daemon's first start)")
+
+
+def require_token(request: Request,
+                  given: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
     """Dependency of every write: `Authorization: Bearer <run/token>`, compared in constant
-    time, read from disk per request (a rotated token takes effect at once)."""
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    time, read from disk per request (a rotated token takes effect at once). Through
+    HTTPBearer, so /openapi.json says which routes need it."""
     token = read_token(reader(request).layout)
-    if scheme.lower() != "bearer" or not given or token is None \
-            or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if given is None or token is None or not hmac.compare_digest(given.credentials.strip().encode(), token.encode()):
         raise HttpError(401, "missing or wrong token: send 'Authorization: Bearer <BASE/run/token>'")
 
 

@@ -59,17 +59,21 @@ def attention_implementation(cfg: TrainConfig) -> str:
         from trainerd.worker import attention
 
         return attention.register()
+    if choice == "varlen":
+        from trainerd.worker import varlen
+
+        return varlen.register()
     return choice
 
 
 def for_saving(model: Any) -> None:
     """Undo training-only settings before weights leave the worker, so a published model
     loads anywhere: the KV cache back on, and no attention name only this process knows."""
-    from trainerd.worker import attention
+    from trainerd.worker import attention, varlen
 
     model.config.use_cache = True
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "_attn_implementation", None) == attention.NAME:
+    if getattr(base.config, "_attn_implementation", None) in (attention.NAME, varlen.NAME):
         base.set_attn_implementation("sdpa")
 
 
@@ -79,8 +83,12 @@ def load_for_training(ref: ModelRef, cfg: TrainConfig):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from trainerd.worker import quant
+
     model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch_dtype(cfg),
-                                                 attn_implementation=attention_implementation(cfg))
+                                                 attn_implementation=attention_implementation(cfg),
+                                                 **quant.load_kwargs(cfg))
+    model = quant.prepare(model, cfg)  # a 4-bit base (QLoRA); otherwise unchanged
     model.config.use_cache = False  # required by padding-free batches; useless in training
     if cfg.method == "lora":
         if ref.kind == "adapter":
@@ -97,19 +105,22 @@ def load_for_training(ref: ModelRef, cfg: TrainConfig):
 
 def publish(layout: Layout, model: Any, tokenizer: Any, parent: ModelRef, meta: JobMeta,
             extra: dict[str, Any] | None = None, make_current: bool = True,
-            preempted_by: str | None = None) -> str:
+            preempted_by: str | None = None, state_dict: dict[str, Any] | None = None) -> str:
     """Write the trained weights as the next version and make it current, atomically
     (make_current=False: the eval gate holds it; it is written and verified, not current;
     `preempted_by`: see trainerd.line.commit). The numbering, manifest and pointer are
-    trainerd.line.commit's."""
+    trainerd.line.commit's. `state_dict`: the full weights of a sharded (FSDP) model,
+    gathered on this rank."""
     import torch
 
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    named = state_dict.items() if state_dict is not None else \
+        ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    bad = [n for n, p in named if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:  # never let NaN weights become the current model
         raise NonFiniteLoss(f"refusing to publish: non-finite values in {', '.join(bad[:5])}")
 
     def save(folder: Path) -> str:
-        model.save_pretrained(folder)  # adapter weights only for a PEFT model; safetensors
+        model.save_pretrained(folder, state_dict=state_dict)  # adapter weights only for a PEFT model
         tokenizer.save_pretrained(folder)
         return "adapter" if hasattr(model, "peft_config") else "full"
 

@@ -44,10 +44,19 @@ def check_tokenizer(tokenizer: Any, source: str) -> list[str]:
     return []
 
 
-def load_checked(weights: str, tokenizer_source: str) -> tuple[Any, list[str]]:
+def load_checked(weights: str, tokenizer_source: str, quantization: str = "none",
+                 fsdp: bool = False) -> tuple[Any, list[str]]:
     """(tokenizer, warnings) after the config of `weights` and the tokenizer of
-    `tokenizer_source` loaded from local files only; ModelUnavailable otherwise."""
+    `tokenizer_source` loaded from local files only, and `train.quantization` and
+    `train.fsdp` can work here; ModelUnavailable otherwise."""
     from transformers import AutoConfig, AutoTokenizer
+
+    from trainerd.worker import fsdp as sharding
+    from trainerd.worker import quant
+
+    why = quant.problem(quantization) or sharding.problem(fsdp)
+    if why:
+        raise ModelUnavailable(why)
 
     try:
         AutoConfig.from_pretrained(weights, local_files_only=True)
@@ -70,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainerd.worker.preflight")
     ap.add_argument("--weights", required=True)
     ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--quantization", default="none", help="train.quantization to check (default none)")
+    ap.add_argument("--fsdp", action="store_true", help="train.fsdp is set: check it can shard here")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.monotonic()
     try:
-        _tok, warnings = load_checked(args.weights, args.tokenizer)
+        _tok, warnings = load_checked(args.weights, args.tokenizer, args.quantization, args.fsdp)
         out: dict[str, Any] = {"ok": True, "warnings": warnings}
     except ModelUnavailable as e:
         out = {"ok": False, "problem": str(e)}

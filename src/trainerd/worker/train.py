@@ -23,7 +23,7 @@ from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.line.refs import NoSuchModel, current, published_version, resolve
 from trainerd.line.replay import REPLAY_JSONL, replay_for_job
 from trainerd.paths import Layout
-from trainerd.worker import checkpoints, heartbeat, models, preflight
+from trainerd.worker import checkpoints, fsdp, heartbeat, models, preflight
 from trainerd.worker.data import JobDataset, data_order, prepare
 from trainerd.worker.errors import DiskLow, HostMemoryExceeded, NonFiniteLoss
 from trainerd.worker.lineboard import summary_writer
@@ -187,6 +187,7 @@ def _callbacks():
             atomic.write_json(self.job_dir / PROGRESS_JSON, {
                 **self.last, **self.last_ckpt, "max_steps": state.max_steps,
                 "examples_total": self.n, "rss_bytes": rss, "gpu_bytes": _gpu_bytes(),
+                "gpu_peak_bytes": _gpu_bytes(peak=True),
                 "pid": os.getpid(), "updated_at": time.time(),
             }, sync=False)
 
@@ -244,10 +245,13 @@ def rank0_first(fn):
             barrier()
 
 
-def _gpu_bytes() -> int | None:
+def _gpu_bytes(peak: bool = False) -> int | None:
+    """GPU memory allocated by this process now (or its peak so far: bench/gpu.sh reads it)."""
     import torch
 
-    return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated())
 
 
 def tensorboard_callback(job_dir: Path) -> Any:
@@ -319,6 +323,7 @@ def training_arguments(cfg: Config, output_dir: Path, seed: int):
         optim=t.optimizer if t.optimizer != "auto" else "adamw_torch_fused" if cuda else "adamw_torch",
         torch_compile=t.compile,
         ddp_find_unused_parameters=False,
+        **fsdp.arguments(t),
     )
 
 
@@ -379,7 +384,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
             log.warning("%s: cannot resume on %s (%s); training from current", meta.id, was, e)
     # The daemon's preflight, again here: a model that vanished or a template that raises
     # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
-    tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source)[0])
+    tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source,
+                                                             cfg.train.quantization, bool(cfg.train.fsdp))[0])
     init_distributed()
     world = _world()[1]
 
@@ -431,10 +437,13 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     progress = Progress(job_dir, attempt, ds, per_step)
     ctl = Control(stop, cfg, job_dir)
     probe = evals.callback(layout, cfg, job_dir, attempt, tokenizer, stop)
+    if cfg.train.fsdp and probe is not None:  # rank 0 alone runs evals; a sharded forward needs all
+        log.warning("train.fsdp: no probe evals, gate or forgetting scores for this job (docs/MODELS.md)")
+        probe = None
     # The parent's scores for the gate and the forgetting matrix: on the model as loaded,
     # before any step (rank 0 alone; worker/recall.py).
     scorer = recall.start(layout, cfg, meta, parent, tokenizer, job_dir, model,
-                          probe.probe if probe else None) if _world()[0] == 0 else None
+                          probe.probe if probe else None) if _world()[0] == 0 and not cfg.train.fsdp else None
     trainer = _job_trainer()(
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
@@ -443,6 +452,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         callbacks=[ctl, progress, Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep),
                    *([probe] if probe else [])],
     )
+    fsdp.check_applied(trainer, cfg.train)
     if _stop_before_training(stop, "setting up the trainer"):
         return ExitCode.STOPPED
     tb = tensorboard_callback(job_dir) if trainer.is_world_process_zero() else None
@@ -461,6 +471,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         log.info("stopped at step %d/%d with a checkpoint (%s)", trainer.state.global_step,
                  trainer.state.max_steps, stop.reason or "stop requested")
         return ExitCode.STOPPED
+    gathered = fsdp.gather(trainer, cfg.train)  # a sharded model's weights: every rank joins
     if trainer.is_world_process_zero():
         heartbeat.phase("eval", trainer.state.global_step)  # the gate's scoring is an eval
         # After the last step, before publishing: the candidate's scores and the gate's verdict.
@@ -476,7 +487,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                                   "dropped": tok.dropped, "truncated": tok.truncated,
                                   "final_loss": progress.last.get("loss"), "replay": replay, **scored,
                                   "line_step": lineboard.offset(parent) + trainer.state.global_step},
-                                 make_current=not held, preempted_by=meta.preempted_by)
+                                 make_current=not held, preempted_by=meta.preempted_by, state_dict=gathered)
         log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
         checkpoints.clear(job_dir)
     return ExitCode.FINISHED
