@@ -25,9 +25,14 @@ HEARTBEAT_JSON = "heartbeat.json"  # the worker's phase, step and liveness count
 WORKER_LOG = "worker.log"
 WORKER_ERROR = "worker-error.json"  # the worker's own account of why it failed
 WORKER_LOCK = ".worker.lock"  # flocked by the live worker of a job
+WORKER_TIMINGS = "worker-timings.json"  # where an attempt's time went (trainerd.worker.timing)
 # Under torchrun the launcher's exit status is torchrun's, not the worker's: rank 0 writes
-# its ExitCode here, and the supervisor trusts this file over the exit status.
+# its ExitCode here, and the supervisor trusts this file over the exit status. A warm
+# worker (trainerd.worker.warm) writes it too, for a job it finished and outlives.
 WORKER_OUTCOME = "worker-outcome.json"
+# The write end of a pipe the daemon gave the worker (trainerd.handoff): a line per job the
+# worker finished and outlives; end of file when it exits. Wakes the daemon at once.
+REPORT_FD_ENV = "TRAINERD_REPORT_FD"
 GROUP_LOCKED_ENV = "TRAINERD_GROUP_LOCKED"  # set by the launcher, which holds WORKER_LOCK
 PARENT_ENV = "TRAINERD_PARENT_PID"  # a child's expected parent (the daemon, or torchrun's agent)
 

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from trainerd import status
 from trainerd.control import Desired
+from trainerd.humanize import ago
 from trainerd.jobs import EVALS, METRICS
 from trainerd.ledger import read_evals
 from trainerd.paths import Layout
@@ -64,16 +65,6 @@ def _dur(s: float | None) -> str:
     if s >= 3600:
         return f"{s // 3600}h {s % 3600 // 60:02d}m"
     return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-def _ago(t: float | None) -> str:
-    if not t:
-        return "-"
-    s = max(0.0, time.time() - t)
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s / n:.0f}{unit} ago"
-    return f"{s:.0f}s ago"
 
 
 def _num(x: Any, fmt: str) -> str:
@@ -158,7 +149,7 @@ class Watcher:
             bar,
             _line(f"        {p.get('examples_done', 0)}/{a['examples']} examples · lr {_num(p.get('lr'), '.2e')} · "
                   f"{_num(p.get('tokens_per_s'), ',.0f')} tok/s"
-                  + (f" · checkpoint {_ago(ckpt_at)}" if ckpt_at else ""), "dim"),
+                  + (f" · checkpoint {ago(ckpt_at)}" if ckpt_at else ""), "dim"),
             _line(f"loss    [bold]{_num(p.get('loss'), '.4f')}[/] [blue]{sparkline(losses)}[/]"
                   + (f" [dim]{min(losses):.3f}..{max(losses):.3f}[/]" if losses else "")),
         ]
@@ -179,7 +170,7 @@ class Watcher:
             f"probe   loss [bold]{_num(latest.get('loss'), '.4f')}[/] · exact "
             f"{'-' if exact is None else f'{100 * exact:.0f}%'} · similarity {_num(latest.get('similarity'), '.2f')} "
             f"[dim]· {escape(_slug(str(latest.get('job_id'))))} step {latest.get('step')}"
-            f"{' (end)' if latest.get('final') else ''}, {_ago(latest.get('ts'))}[/]")
+            f"{' (end)' if latest.get('final') else ''}, {ago(latest.get('ts'))}[/]")
 
 
 def watch(layout: Layout, interval: float = 2.0, once: bool = False, console: Console | None = None) -> None:

@@ -4,7 +4,8 @@ each round, that the model equals an uninterrupted run's.
 
 Moments: a random time; while Trainer writes a checkpoint (checkpoints/.staging exists);
 while a version is being published (models/.tmp-*); the instant a worker exits (the
-daemon is about to record the outcome and rename the job); just after a file is
+daemon is about to record the outcome and rename the job; for a warm worker, the instant
+it reports a job done, between two of its jobs); just after a file is
 delivered (the daemon is taking it in). Where the kill really landed is read back from
 the disk afterwards (`harness.phase`) and counted.
 """
@@ -99,9 +100,12 @@ class Round:
             time.sleep(r.uniform(0, 0.1))
             return hit
         if target == "job_end":
+            # A fresh worker exits; a warm one reports its job done and stays (its next job
+            # is handed over within a moment): the kill lands between two of its jobs.
             _poll(lambda: workers(self.d.pid), 30, self.finished)
             ws = [w.pid for w in workers(self.d.pid)] or [None]
-            hit = ws[0] is not None and _poll(lambda: dead(ws[0]), 30, self.finished)
+            hit = ws[0] is not None and _poll(
+                lambda: dead(ws[0]) or any(a.glob("*/worker-outcome.json")), 30, self.finished)
             time.sleep(r.uniform(0, 0.05))
             return hit
         if target == "ingest":

@@ -127,7 +127,7 @@ def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
     from transformers import AutoModelForCausalLM
 
     from trainerd.config import Config
-    from trainerd.worker.train import collator
+    from trainerd.worker.collate import collator
 
     if attn == "packed_sdpa":  # trainerd's per-example SDPA (worker/attention.py), the default
         from trainerd.worker import attention
@@ -139,21 +139,29 @@ def test_packed_loss_equals_mean_of_per_example_losses(tiny_model, tok, attn):
     for conv in (CONV, {"messages": CONV["messages"][:3]}, {"prompt": "2+2=", "completion": " 4"}):
         [(ids, mask)] = tokenize_example(conv, tok)
         examples.append({"input_ids": ids, "labels": [i if m else -100 for i, m in zip(ids, mask, strict=True)]})
-    batch = collator(Config(base_model="x"), tok)(examples)
+    batch = collator(Config(base_model="x"), tok, model)(examples)
     assert batch["input_ids"].shape[0] == 1  # one row: no padding at all
+    # Logits only where a trained token is predicted (worker/train.py trained_logits_only).
+    kept = batch["logits_to_keep"].tolist()
+    assert len(kept) == sum(sum(x != -100 for x in ex["labels"][1:]) for ex in examples)
     with torch.no_grad():
         out = model(**batch)
-        total, count, start = 0.0, 0, 0
+        assert out.logits.shape[1] == len(kept)
+        total, count, start, expected = 0.0, 0, 0, []
         for ex in examples:
             ids = torch.tensor([ex["input_ids"]])
             alone = model(input_ids=ids, labels=torch.tensor([ex["labels"]]))
             n = int((torch.tensor(ex["labels"][1:]) != -100).sum())
             total += float(alone.loss) * n
             count += n
-            torch.testing.assert_close(out.logits[0, start:start + ids.shape[1]], alone.logits[0],
-                                       rtol=1e-4, atol=1e-4)
+            trained = [t for t in range(ids.shape[1] - 1) if ex["labels"][t + 1] != -100]
+            assert [start + t for t in trained] == kept[len(expected):len(expected) + n]
+            expected += [alone.logits[0, t] for t in trained]
             start += ids.shape[1]
+        torch.testing.assert_close(out.logits[0], torch.stack(expected), rtol=1e-4, atol=1e-4)
+        full = model(**{k: v for k, v in batch.items() if k not in ("logits_to_keep", "shift_labels")})
     torch.testing.assert_close(out.loss, torch.tensor(total / count), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss, full.loss, rtol=1e-6, atol=1e-6)  # trimming changes no loss
 
 
 def test_packed_sdpa_segments_and_fallbacks(tiny_model):
@@ -174,3 +182,36 @@ def test_packed_sdpa_segments_and_fallbacks(tiny_model):
         a = ours.generate(ids[:1], max_new_tokens=4, do_sample=False)
         b = ref.generate(ids[:1], max_new_tokens=4, do_sample=False)
     assert torch.equal(a, b)
+
+
+def test_grouped_order_is_a_seeded_permutation_of_similar_length_steps():
+    """train.group_by_length: every step's examples have similar lengths, the order is a pure
+    function of (lengths, seed, examples per step) so each attempt sees the same steps, each
+    mega-batch holds the examples of the plain order's, and the ragged last step stays last."""
+    import numpy as np
+
+    from trainerd.worker.data import MEGA_STEPS, data_order, grouped_order, training_order
+
+    lengths = np.random.default_rng(3).integers(20, 400, 2003)
+    order = grouped_order(lengths, 7, 8)
+    assert sorted(order.tolist()) == list(range(2003))
+    assert np.array_equal(order, grouped_order(lengths.copy(), 7, 8))  # resume: the same steps
+    assert not np.array_equal(order, grouped_order(lengths, 8, 8))
+    plain = data_order(2003, 7)
+    mega = 8 * MEGA_STEPS
+    for m in range(0, 2003, mega):
+        assert set(order[m:m + mega]) == set(plain[m:m + mega])
+
+    def padded(o):  # tokens a padded step computes
+        return sum(len(o[i:i + 8]) * int(lengths[o[i:i + 8]].max()) for i in range(0, len(o), 8))
+    assert padded(order) < 1.03 * lengths.sum() < 1.5 * lengths.sum() < padded(plain)
+    tail = order[2000:]  # 2003 = 250 full steps + 3: those 3 are the epoch's last step
+    assert set(tail) <= set(plain[mega * (2003 // mega):])
+    steps = [lengths[order[i:i + 8]] for i in range(0, 2000, 8)]
+    assert not all(a.max() >= b.max() for a, b in zip(steps, steps[1:], strict=False))  # steps shuffled
+
+    assert np.array_equal(training_order(lengths, 7, 8, False), plain)
+    assert np.array_equal(training_order(lengths, 7, 8, True), order)
+    small = np.array([5, 1, 9])  # fewer examples than a step: one step, longest first
+    assert grouped_order(small, 1, 8).tolist() == [2, 0, 1]
+    assert grouped_order(np.zeros(0, dtype=np.int64), 1, 8).tolist() == []

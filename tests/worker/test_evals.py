@@ -206,3 +206,30 @@ def test_a_job_with_evals_ends_with_the_same_weights_as_one_without(tmp_path, ti
           f"without evals, {span_on:.2f} s with ({(span_on - span_off) / span_off:+.0%}); attempt wall "
           f"{wall_off:.1f} s vs {wall_on:.1f} s ({(wall_on - wall_off) / wall_off:+.0%}); "
           f"{sum(spent) / wall_on:.0%} of the attempt was evals")
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "packed_sdpa"])
+def test_packed_losses_equal_one_forward_per_example(tiny_model, tok, attn, monkeypatch):
+    """The packed eval rows (train.packing) score every example as its own forward does,
+    also when the logits budget splits them over several rows."""
+    from transformers import AutoModelForCausalLM
+
+    from trainerd.worker import evals
+
+    if attn == "packed_sdpa":
+        from trainerd.worker import attention
+
+        attn = attention.register()
+    m = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
+    examples = [ex for conv in (CONV, *chat_rows(9, "pk"), {"prompt": "2+2=", "completion": " 4"})
+                for ex in tokenize_example(conv, tok)]
+    examples.append((examples[0][0], [0] * len(examples[0][0])))  # nothing to score
+    with torch.no_grad():
+        alone = evals.example_losses(m, examples)
+        packed = evals.example_losses(m, examples, packed=True)
+        monkeypatch.setattr(evals, "PACKED_LOGITS", m.config.vocab_size * 60)  # ~3 examples a row
+        rows = evals.example_losses(m, examples, packed=True)
+    assert [n for _, n in packed] == [n for _, n in alone] == [n for _, n in rows]
+    assert alone[-1] == (0.0, 0)
+    for (a, _), (b, _), (c, _) in zip(alone, packed, rows, strict=True):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-5) and c == pytest.approx(a, rel=1e-5, abs=1e-5)

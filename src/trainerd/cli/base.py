@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -39,25 +38,8 @@ def layout_of(base: Path, must_exist: bool = True) -> Layout:
     return layout
 
 
-def ago(t: float | None) -> str:
-    if not t:
-        return "-"
-    s = max(0, time.time() - t)
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s / n:.0f}{unit} ago"
-    return f"{s:.0f}s ago"
-
-
 def loss(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
-
-
-def human_bytes(n: int) -> str:
-    for unit, k in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= k:
-            return f"{n / k:.1f} {unit}"
-    return f"{n} B"
 
 
 @contextlib.contextmanager

@@ -13,8 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainerd import control
-from trainerd.cli.base import BaseDir, ago, fail, layout_of, loss, out
+from trainerd.cli.base import BaseDir, fail, layout_of, loss, out
 from trainerd.config import ConfigError, QueueConfig
+from trainerd.humanize import ago
 from trainerd.jobs import JobState
 from trainerd.names import printable
 

@@ -11,8 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trainerd.cli.base import BaseDir, ago, err, fail, human_bytes, layout_of, loss, out
+from trainerd.cli.base import BaseDir, err, fail, layout_of, loss, out
 from trainerd.config import ConfigError, load_config
+from trainerd.humanize import ago, human_bytes
 from trainerd.paths import Layout
 
 

@@ -11,8 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trainerd.cli.base import BaseDir, ago, err, fail, layout_of, out
+from trainerd.cli.base import BaseDir, err, fail, layout_of, out
 from trainerd.config import ConfigError, DataMapConfig, QueueConfig, load_config
+from trainerd.humanize import ago
 from trainerd.jobs import JobState, Priority
 from trainerd.names import printable
 

@@ -48,6 +48,8 @@ class TrainConfig(_Section):
         "fail", description="what a longer example does: \"fail\" the job, \"drop\" the example, \"truncate\" it")
     packing: bool = Field(True, description="padding-free batches (flattened, per-example position ids); "
                           "attention never crosses examples")
+    group_by_length: bool = Field(True, description="each optimizer step trains examples of similar "
+                                  "lengths (sorted within seeded mega-batches of 50 steps); false = plain shuffle")
     seed: int = Field(1234, description="data order of a job = f(seed, job id), so a resume skips exactly "
                       "what was trained")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default")
@@ -66,6 +68,8 @@ class TrainConfig(_Section):
     max_host_memory_gb: float = Field(
         0, ge=0, description="worker RSS ceiling; above it the micro-batch is halved (0 = off)"
     )
+    warm_jobs: int = Field(8, ge=1, le=10000, description="jobs one worker process may train in a row, the model "
+                           "kept loaded (trainerd.worker.warm); 1 = a fresh process for every job")
     nproc: int = Field(1, ge=1, le=1024, description="processes per node; above 1 the worker runs under torchrun")
     torchrun_args: list[str] = Field(
         default_factory=list, description="extra torchrun arguments, e.g. ['--nnodes=2', "

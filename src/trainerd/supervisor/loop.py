@@ -23,6 +23,7 @@ from trainerd import control, eventspool, guards, oplog, preflight, wishes
 from trainerd.config import Config, DataMapConfig, ServerConfig, load_config
 from trainerd.control import Desired
 from trainerd.gpugate import TrainingHold
+from trainerd.handoff import Handoff
 from trainerd.ledger import Ledger, open_or_rebuild
 from trainerd.lock import DaemonLock
 from trainerd.paths import Layout
@@ -85,6 +86,7 @@ class Supervisor(Workers, Actions, Report):
         self._started = False  # start-up writes done (see _startup)
         self.publisher = Publisher(layout, cfg, self._event)  # [publish] hooks, on their own threads
         self.gpu = TrainingHold(layout)  # run/gpu.lock: no ad-hoc generation on the GPU while training
+        self.handoff = Handoff(self.wake)  # workers' reports; a warm worker's next job (trainerd.handoff)
 
     # ------------------------------------------------------------ plumbing
     def _event(self, kind: str, job_id: str | None = None, **data: Any) -> None:
@@ -165,6 +167,7 @@ class Supervisor(Workers, Actions, Report):
             return self._loop()
         finally:
             self.stage.stop()
+            self.handoff.stop()
             self.house.stop()
             self.publisher.stop()
             self.gpu.release()
@@ -324,6 +327,7 @@ class Supervisor(Workers, Actions, Report):
                 log.warning("paused (%s); exiting with status %d (--once)", self._pause_reason(), EXIT_PAUSED)
                 self.exit_code = EXIT_PAUSED
                 return True
+        self.handoff.settle(busy=self.running is not None)  # a warm worker not handed a job now goes
         self._write_status()
         return False
 

@@ -68,12 +68,16 @@ class Workers:
             with contextlib.suppress(OSError):  # a header for people; a full disk must not stop the spawn
                 log_f.write(f"\n=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
                 log_f.flush()
-            proc = subprocess.Popen(
-                [*cmd, str(ref.path), "--base-dir", str(self.layout.base)],
-                stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, env=env,
-                # Own session: a terminal's Ctrl+C reaches only the daemon, which decides.
-                start_new_session=True,
-            )
+            # A warm worker (trainerd.handoff) takes the job if one is idle; else a new process.
+            proc = None if group else self.handoff.take(ref)
+            if proc is None:
+                proc = self.handoff.start(
+                    [*cmd, str(ref.path), "--base-dir", str(self.layout.base)],
+                    warm_jobs=1 if group else self.cfg.train.warm_jobs, env=env,
+                    stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT,
+                    # Own session: a terminal's Ctrl+C reaches only the daemon, which decides.
+                    start_new_session=True,
+                )
         # Watched from here on, whatever happens next: a worker the daemon forgot would train
         # on beside the next attempt of the same job.
         self.running = Running(ref, proc, attempt, group=group, priority=prio,
@@ -106,7 +110,8 @@ class Workers:
     def _watch_worker(self, wish: control.Wish, warm: bool, cold: bool) -> None:
         r = self.running
         assert r is not None
-        rc = r.proc.poll()
+        # The worker's report of this job (a warm worker lives on) or its exit status.
+        rc = self.handoff.poll(r.proc, r.ref, keep=r.stop_sent_at is None and r.skip is None)
         if rc is None:
             skip = control.read_skip(self.layout)
             if skip is not None and skip.job_id == r.ref.id:

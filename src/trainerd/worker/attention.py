@@ -36,6 +36,18 @@ def segments(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
+_last: tuple[torch.Tensor, list[int]] | None = None  # (position_ids, lengths) of the last row
+
+
+def _lengths(position_ids: torch.Tensor) -> list[int]:
+    """Example lengths of a packed row, found once per forward: every layer gets the same
+    position_ids tensor, so the other layers reuse the first one's answer."""
+    global _last
+    if _last is None or _last[0] is not position_ids:
+        _last = (position_ids, [e - s for s, e in segments(position_ids)])
+    return _last[1]
+
+
 def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                         value: torch.Tensor, attention_mask: torch.Tensor | None,
                         dropout: float = 0.0, scaling: float | None = None,
@@ -50,11 +62,14 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
                                       scaling=scaling, sliding_window=sliding_window, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    # split, not one slice per example: a slice's backward writes a zero tensor the size of
+    # the whole row for each example; split's backward is a single concatenation.
+    lengths = _lengths(position_ids)
     parts = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
-            dropout_p=dropout, scale=scaling, is_causal=e - s > 1)
-        for s, e in segments(position_ids)
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                         is_causal=q.shape[2] > 1)
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2),
+                           value.split(lengths, dim=2), strict=True)
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
     return out.transpose(1, 2).contiguous(), None

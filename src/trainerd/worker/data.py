@@ -292,6 +292,36 @@ def data_order(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
+MEGA_STEPS = 50  # optimizer steps per mega-batch, as transformers' LengthGroupedSampler
+
+
+def grouped_order(lengths: np.ndarray, seed: int, per_step: int) -> np.ndarray:
+    """data_order with each optimizer step's examples of similar lengths: the permutation
+    is cut into mega-batches of up to MEGA_STEPS steps (fewer on a small file, so that it
+    keeps at least 4), each sorted by length and cut into steps, and the steps of each
+    mega-batch shuffled. The examples of a mega-batch stay those of the plain order; only
+    who trains beside whom changes. A pure function of (lengths, seed, per_step): every
+    attempt of a job sees the same steps, so resume skipping lands exactly where the
+    checkpoint stopped. per_step (examples per optimizer step across all ranks) survives the
+    out-of-memory fallback, which halves the micro-batch and doubles grad_accum."""
+    perm = data_order(len(lengths), seed)
+    rng = np.random.default_rng([seed, 1])  # its own stream: the permutation stays data_order's
+    mega = per_step * max(1, min(MEGA_STEPS, len(lengths) // (per_step * 4)))
+    out = []
+    for m in range(0, len(perm), mega):
+        block = perm[m:m + mega]
+        block = block[np.argsort(-lengths[block], kind="stable")]  # longest first, ties in order
+        steps = [block[i:i + per_step] for i in range(0, len(block), per_step)]
+        short = [steps.pop()] if len(steps[-1]) < per_step else []  # the epoch's ragged end stays last
+        out += [steps[k] for k in rng.permutation(len(steps))] + short
+    return np.concatenate(out) if out else perm
+
+
+def training_order(lengths: np.ndarray, seed: int, per_step: int, group_by_length: bool) -> np.ndarray:
+    """The order a job trains its sequences in (train.group_by_length chooses which)."""
+    return grouped_order(lengths, seed, per_step) if group_by_length else data_order(len(lengths), seed)
+
+
 class JobDataset(torch.utils.data.Dataset):
     """Examples in the job's order; item k is built only when a batch asks for it."""
 

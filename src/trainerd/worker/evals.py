@@ -178,8 +178,9 @@ def example_nll(model: Any, ids: list[int], mask: list[int], device: Any) -> tup
 
 
 def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_seconds: float,
-             stop: Any = None) -> dict[str, Any]:
-    """One eval: probe loss, then greedy answers; stops early past max_seconds or on stop."""
+             stop: Any = None, packed: bool = False) -> dict[str, Any]:
+    """One eval: probe loss, then greedy answers; stops early past max_seconds or on stop.
+    `packed`: the loss in packed rows (train.packing: the model trains on them already)."""
     t0 = time.monotonic()
     deadline = t0 + max_seconds
     device = next(model.parameters()).device
@@ -189,7 +190,7 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
 
     samples: list[dict[str, Any]] = []
     with isolated(model):
-        per = example_losses(model, probe.examples, out_of_time)
+        per = example_losses(model, probe.examples, out_of_time, packed)
         scored = len(per)
         tokens = sum(n for _, n in per)
         loss_seconds = time.monotonic() - t0
@@ -222,18 +223,52 @@ def evaluate(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int, max_
 
 
 def example_losses(model: Any, examples: list[tuple[list[int], list[int]]],
-                   out_of_time: Any = lambda: False) -> list[tuple[float, int]]:
+                   out_of_time: Any = lambda: False, packed: bool = False) -> list[tuple[float, int]]:
     """(summed token NLL, scored tokens) per example, in order, until out_of_time() says stop.
-    The caller holds isolated(model). One example per forward: no padding to get wrong, and
-    logits of one sequence at a time (a batch of long sequences x a large vocabulary would
-    not fit beside training)."""
+    The caller holds isolated(model). No padding to get wrong: one example per forward, or
+    (`packed`, for a model that trains on packed rows) consecutive examples end to end in
+    one row of at most PACKED_LOGITS // vocab tokens, so that the logits stay as small as
+    one long example's would (a batch x a large vocabulary would not fit beside training).
+    One forward per example was most of a small job's eval time (bench/per_job.py)."""
     device = next(model.parameters()).device
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    row_tokens = PACKED_LOGITS // vocab if packed and vocab else 0
     out: list[tuple[float, int]] = []
-    for ids, mask in examples:
-        if out_of_time():
-            break
-        out.append(example_nll(model, ids, mask, device))
+    i = 0
+    while i < len(examples) and not out_of_time():
+        j, tokens = i + 1, len(examples[i][0])
+        while j < len(examples) and tokens + len(examples[j][0]) <= row_tokens:
+            tokens += len(examples[j][0])
+            j += 1
+        if j - i == 1:
+            out.append(example_nll(model, *examples[i], device))
+        else:
+            out.extend(packed_nll(model, examples[i:j], device))
         heartbeat.progress()  # a long probe set is work, not a stall (trainerd.stall)
+        i = j
+    return out
+
+
+PACKED_LOGITS = 2**25  # logits elements of one packed eval row: 128 MiB in fp32
+
+
+def packed_nll(model: Any, examples: list[tuple[list[int], list[int]]], device: Any) -> list[tuple[float, int]]:
+    """example_nll of each example, from one forward of them packed in one row: position
+    ids restart at every example, as in the packed training batches, so no token attends
+    across examples (the attention implementations that train on packed rows split them)."""
+    ids = torch.tensor([[t for e, _ in examples for t in e]], device=device)
+    pos = torch.tensor([[p for e, _ in examples for p in range(len(e))]], device=device)
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0].float()
+    out: list[tuple[float, int]] = []
+    start = 0
+    for e, mask in examples:
+        target = torch.tensor([t if m else -100 for t, m in zip(e[1:], mask[1:], strict=True)],
+                              dtype=torch.long, device=device)
+        n = int((target != -100).sum())
+        nll = torch.nn.functional.cross_entropy(logits[start:start + len(e) - 1], target,
+                                                ignore_index=-100, reduction="sum") if n else 0.0
+        out.append((float(nll), n))
+        start += len(e)
     return out
 
 
@@ -273,7 +308,7 @@ class ProbeEval(TrainerCallback):
     def __init__(self, job_dir: Path, attempt: int, probe: Probe, tokenizer: Any, cfg: Config,
                  stop: StopFlag):
         self.job_dir, self.attempt, self.probe, self.tokenizer = job_dir, attempt, probe, tokenizer
-        self.cfg, self.stop = cfg.eval, stop
+        self.cfg, self.stop, self.packed = cfg.eval, stop, cfg.train.packing
         self.tb: Any = None  # transformers' TensorBoardCallback, when event files are written
         self.final_row: dict[str, Any] | None = None  # this attempt's end-of-job eval (the gate reuses it)
 
@@ -287,7 +322,7 @@ class ProbeEval(TrainerCallback):
         heartbeat.phase("eval", step)
         try:
             row.update(evaluate(model, self.tokenizer, self.probe, self.cfg.max_new_tokens,
-                                self.cfg.max_seconds, self.stop))
+                                self.cfg.max_seconds, self.stop, self.packed))
         except Exception as e:  # e.g. CUDA OOM in generate: isolated() has put training back
             log.warning("probe eval at step %d failed; training goes on", step, exc_info=True)
             if torch.cuda.is_available():

@@ -111,6 +111,20 @@ def start(job_dir: Path) -> None:
     _current = Heartbeat(job_dir, float(os.environ.get(INTERVAL_ENV, "2") or 2)).start()
 
 
+def finish() -> None:
+    """The attempt is over (a warm worker moves on to another job): one last beat with the
+    full phase times, then none; start() may then beat for the next job's dir."""
+    global _current
+    beat, _current = _current, None
+    if beat is not None:
+        beat.stop()
+        beat._thread.join(timeout=5)
+        try:
+            beat._beat()
+        except Exception as e:  # as in _run: never a reason to fail the job that just ended
+            log.debug("last heartbeat not written: %s", e)
+
+
 def phase(name: str, step: int | None = None) -> None:
     """The worker entered phase `name` (loading, tokenizing, training, eval, publishing)."""
     if _current is not None:

@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainerd import atomic
 from trainerd.jobs import (
@@ -31,7 +32,10 @@ from trainerd.jobs import (
 )
 from trainerd.lock import flock_within
 from trainerd.paths import Layout
-from trainerd.worker import heartbeat
+from trainerd.worker import heartbeat, timing
+
+if TYPE_CHECKING:
+    from trainerd.worker.warm import Carry
 
 log = logging.getLogger("trainerd.worker")
 
@@ -108,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainerd.worker")
     ap.add_argument("job_dir", type=Path)
     ap.add_argument("--base-dir", type=Path, default=None)
+    ap.add_argument("--warm", type=int, default=1, metavar="N",
+                    help="train up to N jobs in this process, the next ones handed over on stdin "
+                         "(trainerd.worker.warm; the daemon's train.warm_jobs)")
     args = ap.parse_args(argv)
     job_dir = args.job_dir.resolve()
     layout = Layout.at(args.base_dir or job_dir.parents[2])
@@ -118,9 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     heartbeat.start(job_dir)  # before torch is imported: that is part of loading too
-    code = _attempt(job_dir, layout, stop)
+    timing.begin()  # the interpreter's start is the daemon's side: attempt start -> this
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if args.warm > 1:
+            from trainerd.worker import warm
+
+            return warm.serve(job_dir, args.warm, lambda d, carry: _attempt(d, layout, stop, carry),
+                              lambda: bool(stop))
+        code = _attempt(job_dir, layout, stop)
+        timing.write(job_dir, exit=code)
         return code
+    code = _attempt(job_dir, layout, stop)
     # A rank of a torchrun group: torchrun's exit status cannot carry ours (any failing
     # rank makes it 1), so rank 0 says it in a file. By the time a rank returns, the
     # group's shared work is done (a checkpoint is committed behind a barrier), so
@@ -128,6 +143,30 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         atomic.write_json(job_dir / WORKER_OUTCOME, {"exit": code, "at": time.time()})
     return code
+
+
+def _freeze_import_heap() -> None:
+    """Move what the imports made (modules, classes: never garbage) out of the collector's
+    sight, once per process. accelerate runs a full gc.collect() after every training run;
+    over torch's and transformers' import heap that took 0.9 s of each job's time
+    (bench/per_job.py). Later objects -- a job's model, Trainer, batches -- are collected
+    as before; a warm worker's next job must not freeze the last one's garbage, hence once."""
+    import gc
+
+    global _heap_frozen
+    if not _heap_frozen:
+        # What run_job would import on its way (Trainer's stack is most of it), imported
+        # now so that it is frozen too.
+        import peft  # noqa: F401
+        from transformers import Trainer, TrainingArguments  # noqa: F401
+
+        from trainerd.worker import evals, lineboard, recall  # noqa: F401
+
+        gc.freeze()
+        _heap_frozen = True
+
+
+_heap_frozen = False
 
 
 def quiet_library_warnings() -> None:
@@ -139,16 +178,25 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _attempt(job_dir: Path, layout: Layout, stop: StopFlag) -> int:
+def _attempt(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None = None) -> int:
+    """One attempt of one job. `carry`: a warm worker's (trainerd.worker.warm), which then
+    lets go of the job's lock when the job finished, to move on to the next."""
+    lock = None
     try:
         if not os.environ.get(GROUP_LOCKED_ENV):  # a torchrun group's launcher holds it
-            _lock_job(job_dir)
+            lock = _lock_job(job_dir)
         from trainerd.worker.data import DataError
         from trainerd.worker.preflight import ModelUnavailable
         from trainerd.worker.train import DiskLow, NonFiniteLoss, run_job
 
+        _freeze_import_heap()
+        timing.mark("imports")  # torch, transformers, peft
+
         try:
-            return int(run_job(job_dir, layout, stop))
+            code = int(run_job(job_dir, layout, stop, carry))
+            if carry is not None and lock is not None and code == ExitCode.FINISHED:
+                os.close(lock)  # a failed attempt keeps it until the process is gone
+            return code
         except ModelUnavailable as e:  # not the job's fault: the daemon pauses, no attempt burnt
             log.error("model unavailable: %s", e)
             _report(job_dir, "model_unavailable", str(e))

@@ -92,12 +92,19 @@ class Scorer:
                 self.sets[job] = p
 
     def _recall(self, model: Any, jobs: list[str]) -> dict[str, float | None]:
-        """Loss per job's sample; per-tag losses (eval.group_by) go to self.recall_groups."""
+        """Loss per job's sample; per-tag losses (eval.group_by) go to self.recall_groups.
+        All the jobs' samples in one pass: packed rows then span jobs, a few forwards for
+        the whole window instead of one (or one per example) per job."""
         deadline = time.monotonic() + self.cfg.eval.max_seconds
         out: dict[str, float | None] = {}
         with evals.isolated(model):
+            every = [ex for job in jobs for ex in self.sets[job].examples]
+            scored = evals.example_losses(model, every, lambda: time.monotonic() >= deadline,
+                                          self.cfg.train.packing)
+            start = 0
             for job in jobs:
-                per = evals.example_losses(model, self.sets[job].examples, lambda: time.monotonic() >= deadline)
+                per = scored[start:start + len(self.sets[job].examples)]
+                start += len(self.sets[job].examples)
                 tokens = sum(n for _, n in per)
                 if len(per) < len(self.sets[job].examples) or not tokens:
                     self.problem = self.problem or f"recall eval timed out after {self.cfg.eval.max_seconds:g}s"
@@ -113,7 +120,8 @@ class Scorer:
         if self.probe is None:
             return None
         e = self.cfg.eval
-        return _probe_part(evals.evaluate(model, self.tokenizer, self.probe, e.max_new_tokens, e.max_seconds))
+        return _probe_part(evals.evaluate(model, self.tokenizer, self.probe, e.max_new_tokens, e.max_seconds,
+                                          packed=self.cfg.train.packing))
 
     def before(self, model: Any) -> dict[str, Any]:
         """The parent's scores: from its manifest where it has them for this probe set and

@@ -23,13 +23,15 @@ from trainerd.jobs import METRICS, PROGRESS_JSON, TENSORBOARD, ExitCode, JobMeta
 from trainerd.line.refs import NoSuchModel, current, published_version, resolve
 from trainerd.line.replay import REPLAY_JSONL, replay_for_job
 from trainerd.paths import Layout
-from trainerd.worker import checkpoints, fsdp, heartbeat, models, preflight
-from trainerd.worker.data import JobDataset, data_order, prepare
+from trainerd.worker import checkpoints, fsdp, heartbeat, models, preflight, timing
+from trainerd.worker.collate import collator
+from trainerd.worker.data import JobDataset, prepare, training_order
 from trainerd.worker.errors import DiskLow, HostMemoryExceeded, NonFiniteLoss
 from trainerd.worker.lineboard import summary_writer
 
 if TYPE_CHECKING:
     from trainerd.worker.main import StopFlag
+    from trainerd.worker.warm import Carry
 
 log = logging.getLogger("trainerd.worker.train")
 
@@ -327,23 +329,6 @@ def training_arguments(cfg: Config, output_dir: Path, seed: int):
     )
 
 
-def collator(cfg: Config, tokenizer: Any):
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
-
-    if cfg.train.packing:
-        # Padding-free: one row per micro-batch, position ids restart at every example.
-        # HF builds the block-diagonal mask from those position ids only when the forward
-        # has no KV cache; with a cache, attention silently crosses examples. So every
-        # batch carries use_cache=False itself, whatever the model's config says.
-        flatten = DataCollatorWithFlattening(return_position_ids=True)
-
-        def packed(features: list[dict]) -> dict:
-            return {**flatten(features), "use_cache": False}
-
-        return packed
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
-
-
 def _stop_before_training(stop: StopFlag, during: str) -> bool:
     """A stop that arrives while the worker starts is honoured at the next of these points
     (nothing is trained yet, so nothing is lost), on every rank of a group together."""
@@ -353,7 +338,7 @@ def _stop_before_training(stop: StopFlag, during: str) -> bool:
     return stopping
 
 
-def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
+def run_job(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None = None) -> ExitCode:
     import torch
 
     from trainerd.worker import evals, lineboard, recall
@@ -382,10 +367,15 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                      was, current(layout, cfg).version)
         except NoSuchModel as e:
             log.warning("%s: cannot resume on %s (%s); training from current", meta.id, was, e)
+    # A warm worker's previous job published `parent` from this very model: no load.
+    kept = carry.take(parent, cfg) if carry is not None else None
+    timing.mark("resolve")
     # The daemon's preflight, again here: a model that vanished or a template that raises
     # pauses the daemon (ModelUnavailable) instead of failing this job's attempts.
-    tokenizer = models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source,
-                                                             cfg.train.quantization, bool(cfg.train.fsdp))[0])
+    tokenizer = kept.tokenizer if kept else \
+        models.with_pad_token(preflight.load_checked(parent.base, parent.tokenizer_source,
+                                                     cfg.train.quantization, bool(cfg.train.fsdp))[0])
+    timing.mark("tokenizer")
     init_distributed()
     world = _world()[1]
 
@@ -399,13 +389,13 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
 
     heartbeat.phase("tokenizing")
     replay, tok = rank0_first(prepare_data)  # one writer of replay.jsonl and the token cache
+    timing.mark("data")
     heartbeat.phase("loading")
     if _stop_before_training(stop, "tokenizing"):
         return ExitCode.STOPPED
     seed = (cfg.train.seed ^ meta.seed) & 0x7FFFFFFF
-    ds = JobDataset(tok, data_order(len(tok), seed))
     log.info("%s: %d examples as %d sequences (%d dropped, %d truncated), %d tokens; model %s (%s)",
-             meta.id, tok.examples, len(ds), tok.dropped, tok.truncated, int(tok.offsets[-1]),
+             meta.id, tok.examples, len(tok), tok.dropped, tok.truncated, int(tok.offsets[-1]),
              parent.version, parent.kind)
 
     ckpt_meta = {"job_id": meta.id, "model_version": parent.version, "method": cfg.train.method,
@@ -419,7 +409,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                  man.get("examples_done"))
 
     torch.manual_seed(seed)
-    model = models.load_for_training(parent, cfg.train)
+    model = kept.model if kept else models.load_for_training(parent, cfg.train)
+    del kept  # the carry holds it until the next keep or drop
+    timing.mark("model_load")
     if _stop_before_training(stop, "loading the model"):
         return ExitCode.STOPPED
     if meta.micro_batch_size and meta.micro_batch_size != cfg.train.micro_batch_size:
@@ -429,6 +421,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         log.info("out-of-memory fallback: micro-batch %d x grad_accum %d (same effective batch %d)",
                  mb, effective // mb, effective)
     per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world
+    ds = JobDataset(tok, training_order(tok.lengths(), seed, per_step, cfg.train.group_by_length))
     # A group shards micro-batches round-robin and needs as many on every rank; filler
     # items (one token, no label) complete the last round instead of accelerate's default
     # of training the epoch's first examples a second time.
@@ -444,11 +437,12 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
     # before any step (rank 0 alone; worker/recall.py).
     scorer = recall.start(layout, cfg, meta, parent, tokenizer, job_dir, model,
                           probe.probe if probe else None) if _world()[0] == 0 and not cfg.train.fsdp else None
+    timing.mark("parent_scores")
     trainer = _job_trainer()(
         model=model,
         args=training_arguments(cfg, checkpoints.staging(job_dir), seed),
         train_dataset=ds,
-        data_collator=collator(cfg, tokenizer),
+        data_collator=collator(cfg, tokenizer, model),
         callbacks=[ctl, progress, Commit(job_dir, ckpt_meta, progress, cfg.checkpoint.keep),
                    *([probe] if probe else [])],
     )
@@ -463,7 +457,9 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         trainer.add_callback(tb)
         if probe is not None:
             probe.tb = tb  # probe scalars beside the training ones
+    timing.mark("trainer_setup")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    timing.mark("train")
 
     if ctl.disk_low:
         raise DiskLow(f"stopped at step {trainer.state.global_step} before checkpointing: {ctl.disk_low}")
@@ -478,6 +474,7 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
         scored = scorer.after(trainer.model, probe.final_row if probe else None) if scorer else {}
         if line is not None:
             line.scores(trainer.state.global_step, scored)
+        timing.mark("candidate_scores")
         heartbeat.phase("publishing", trainer.state.global_step)
         models.for_saving(trainer.model)
         held = scored.get("gate", {}).get("action") == "held"
@@ -489,5 +486,8 @@ def run_job(job_dir: Path, layout: Layout, stop: StopFlag) -> ExitCode:
                                   "line_step": lineboard.offset(parent) + trainer.state.global_step},
                                  make_current=not held, preempted_by=meta.preempted_by, state_dict=gathered)
         log.info("%s: %s %s", meta.id, "held by the eval gate:" if held else "published", version)
+        if carry is not None:
+            carry.keep(trainer.model, tokenizer, version, layout, held)
         checkpoints.clear(job_dir)
+        timing.mark("publish")
     return ExitCode.FINISHED
