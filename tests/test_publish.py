@@ -183,3 +183,19 @@ def test_failing_hooks_change_nothing_in_training(tmp_path, tiny_model, trained_
     assert "exit 1" in status["last"]["command"]["error"]
     assert "publish command for v0001 failed after 2 attempt(s)" in p.stderr
     assert "publish command: v0001 failed (exit 1)" in cli("status", "--base-dir", base).stdout
+
+
+@pytest.mark.parametrize("work_done", [False, True])
+def test_a_stop_cuts_retries_short_but_an_exit_with_the_work_done_lets_them_run(tmp_path, work_done):
+    # A daemon told to go (signal, `trainerd stop`) gives a failing hook its attempt in
+    # flight and no more; `run --once` ending on an empty queue lets the retries run, so
+    # that a cron job's hook is not judged on its first try.
+    layout = Layout.at(tmp_path / "base")
+    layout.ensure()
+    pub = Publisher(layout, config(tmp_path, command=["false"], retries=2, backoff_seconds=[0.3]))
+    fake_version(layout, "v0001", "base")
+    pub.tick()  # the change is seen and submitted; the first attempt fails at once
+    pub.stop(retries=work_done)
+    last = pub.status()["last"]["command"]
+    assert (last["ok"], last["attempts"]) == ((False, 3) if work_done else (False, 1))
+    assert ("cut short by the daemon stopping" in last["error"]) is not work_done

@@ -152,7 +152,8 @@ class _Hook:
         self.name, self.fire, self.cfg, self.done = name, fire, cfg, done
         self.pending: collections.deque[dict[str, Any]] = collections.deque()
         self.cv = threading.Condition()
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # no more retries: the daemon is going now
+        self.closing = threading.Event()  # deliver what is pending, retries included, then end
         self.busy: str | None = None
         self.thread = threading.Thread(target=self._run, name=f"trainerd-publish-{name}", daemon=True)
         self.thread.start()
@@ -169,7 +170,7 @@ class _Hook:
     def _run(self) -> None:
         while True:
             with self.cv:
-                while not self.pending and not self.stopping.is_set():
+                while not self.pending and not (self.stopping.is_set() or self.closing.is_set()):
                     self.cv.wait(1.0)
                 if not self.pending:
                     return  # stopping, and everything submitted was delivered
@@ -198,8 +199,8 @@ class _Hook:
         return {"hook": self.name, "version": event["version"], "event": event["event"], "ok": error is None,
                 "attempts": attempt, "error": error, "seconds": round(time.monotonic() - t0, 3), "at": time.time()}
 
-    def stop(self) -> None:
-        self.stopping.set()
+    def stop(self, retries: bool = False) -> None:
+        (self.closing if retries else self.stopping).set()
         with self.cv:
             self.cv.notify()
 
@@ -297,16 +298,26 @@ class Publisher:
         return {"hooks": sorted(self.hooks), "current": self.seen, "notified": self.notified, "last": self.last,
                 "pending": {n: len(h.pending) + (1 if h.busy else 0) for n, h in self.hooks.items()}}
 
-    def stop(self) -> None:
+    def stop(self, retries: bool = False) -> None:
         """At daemon exit: a change seen in the last pass is still delivered, each pending
         delivery gets its current attempt (no more retries), for at most STOP_WAIT_S in all;
-        one still unfinished then is not recorded as done, so the next start delivers it."""
+        one still unfinished then is not recorded as done, so the next start delivers it.
+        `retries`: the daemon ends because its work is done (`run --once` on an empty
+        queue), not because someone wants it gone: deliveries keep their retries, within
+        the same STOP_WAIT_S, and only then are cut short."""
         self.tick()
         for h in self.hooks.values():
-            h.stop()
-        deadline = time.monotonic() + min(self.cfg.timeout_seconds, STOP_WAIT_S)
+            h.stop(retries)
+        wait = STOP_WAIT_S if retries else min(self.cfg.timeout_seconds, STOP_WAIT_S)
+        deadline = time.monotonic() + wait
         for h in self.hooks.values():
             h.thread.join(max(0.0, deadline - time.monotonic()))
+        if retries:  # out of time: cut the retries, give the attempt in flight its timeout
+            for h in self.hooks.values():
+                h.stop()
+            deadline = time.monotonic() + min(self.cfg.timeout_seconds, STOP_WAIT_S)
+            for h in self.hooks.values():
+                h.thread.join(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
             if self._drain():
                 self._save()

@@ -57,6 +57,7 @@ class Supervisor(Workers, Actions, Report):
         self.start_web = start_web  # None: no HTTP (a test's supervisor, or no web face)
         self.cfg = cfg
         self.once = once
+        self.work_done = False  # --once ended on an empty queue (not a signal or a stop)
         # The worker command is fixed so a test or a wrapper (torchrun) can prefix it.
         self.worker_cmd = worker_cmd or [sys.executable, "-m", "trainerd.worker"]
         self.lock = DaemonLock(layout.lock)
@@ -169,7 +170,7 @@ class Supervisor(Workers, Actions, Report):
             self.stage.stop()
             self.handoff.stop()
             self.house.stop()
-            self.publisher.stop()
+            self.publisher.stop(retries=self.work_done)
             self.gpu.release()
             self.notify.stopping()
             if self._server is not None:
@@ -319,6 +320,7 @@ class Supervisor(Workers, Actions, Report):
                     self._spawn(ref)
                 elif self.once and self._idle() and housework is None:
                     log.info("queue empty; exiting (--once)")
+                    self.work_done = True  # publish hooks may finish their retries
                     return True
                 else:
                     self.state = DaemonState.CONSOLIDATING if housework == CONSOLIDATE else DaemonState.IDLE
