@@ -128,14 +128,22 @@ def base(tmp_path, tiny_model) -> Path:
     return make_base(tmp_path / "base", tiny_model)
 
 
-def wait_for(pred, timeout: float = 120, interval: float = 0.1, what: str = "condition"):
+def poll(pred, timeout: float, interval: float = 0.1):
+    """pred()'s first truthy value within `timeout` seconds, else None."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return None
+
+
+def wait_for(pred, timeout: float = 120, interval: float = 0.1, what: str = "condition"):
+    v = poll(pred, timeout, interval)
+    if not v:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return v
 
 
 def start_daemon(base: Path, *args: str, out: Path | None = None) -> subprocess.Popen:

@@ -45,7 +45,7 @@ from tests.chaos.harness import (
     wait_for,
 )
 from tests.chaos.powerfs import PowerMount
-from tests.conftest import start_daemon, trainerd_cmd
+from tests.conftest import poll, start_daemon, trainerd_cmd
 from trainerd import atomic
 from trainerd.paths import Layout
 
@@ -199,7 +199,7 @@ class Round:
             else:
                 arm()
                 self._provoke(moment, versions)
-            hit = _poll(self.fs.cut_info, 25 if moment in TRAINING else 5)
+            hit = poll(self.fs.cut_info, 25 if moment in TRAINING else 5, 0.02)
             if hit is None:
                 self.tally.bump(f"target:{moment}:timeout")
                 self.fs.cut(mode, seed, f"{moment}:timeout")
@@ -231,7 +231,7 @@ class Round:
     def power_off(self, n: int) -> None:
         """The other half of the cut (the filesystem already stopped answering): every
         process using it dies; then remount what survived and look at it."""
-        info = _poll(self.fs.cut_info, 10)
+        info = poll(self.fs.cut_info, 10, 0.02)
         self.fs.kill_users(also=[p.pid for p in (self.d, self.cli) if p is not None])
         if self.d is not None:
             self.d.wait()
@@ -338,16 +338,6 @@ def check_state_db(layout: Layout) -> list[str]:
     except sqlite3.Error as e:
         return [f"state.db does not open after the cut: {e}"]
     return [] if res == "ok" else [f"state.db fails its integrity check: {res}"]
-
-
-def _poll(fn, timeout: float, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    return None
 
 
 def campaign(model: Path, root: Path, ref: Reference, *, n: int, per_round: int = 20,
