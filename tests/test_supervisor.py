@@ -346,9 +346,18 @@ def test_a_higher_priority_job_preempts_at_a_step_and_the_preempted_one_resumes_
     write_jsonl(base / "inbox" / "k.jsonl", rows())
     with daemon(base) as d:
         wait_for(lambda: (progress(base) or {}).get("step", 0) >= 6, what="step 6")
-        urgent = write_jsonl(tmp_path / "urgent.jsonl", chat_rows(8, "urgent"))
-        out = cli("queue", "add", urgent, "--priority", "high", "--base-dir", base).stdout
-        high = out.split("queued ", 1)[1].split()[0]
+        # Frozen while the urgent job is queued and the daemon decides to preempt: on a busy
+        # machine the 42 steps left could otherwise end before the daemon looks (CI saw it).
+        # The SIGTERM it sends waits, pending, until SIGCONT; the worker then stops at a step.
+        worker = json.loads((active_dir(base) / "job.json").read_text())["attempts"][-1]["pid"]
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            urgent = write_jsonl(tmp_path / "urgent.jsonl", chat_rows(8, "urgent"))
+            out = cli("queue", "add", urgent, "--priority", "high", "--base-dir", base).stdout
+            high = out.split("queued ", 1)[1].split()[0]
+            wait_for(lambda: f"(preempted by {high})" in daemon_log(base), what="the daemon to preempt")
+        finally:
+            os.kill(worker, signal.SIGCONT)
         wait_for(lambda: len(os.listdir(layout.done)) == 2, what="both jobs done", timeout=600)
         cli("stop", "--base-dir", base)
         assert d.wait(60) == 0, daemon_log(base)
