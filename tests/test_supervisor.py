@@ -5,6 +5,7 @@ job trained without interruption in another base dir: same data and seed give th
 data order, so any lost or repeated step would show up as a weight difference.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -75,6 +76,24 @@ def reference(tmp_path_factory, tiny_model):
     return final_adapter(base), meta
 
 
+@contextlib.contextmanager
+def frozen_worker(base):
+    """The active job's worker held with SIGSTOP while a test asks the daemon to stop it:
+    on a busy machine the steps left could otherwise all run before the daemon looks (CI
+    saw it). The daemon's SIGTERM stays pending until SIGCONT; the worker then stops at a
+    step. Yields `asked(reason)`, which waits for the daemon's log to say it asked."""
+    worker = json.loads((active_dir(base) / "job.json").read_text())["attempts"][-1]["pid"]
+    os.kill(worker, signal.SIGSTOP)
+
+    def asked(reason: str) -> None:
+        wait_for(lambda: f"checkpoint and stop ({reason})" in daemon_log(base), what=f"the daemon to ask: {reason}")
+
+    try:
+        yield asked
+    finally:
+        os.kill(worker, signal.SIGCONT)
+
+
 def finished_meta(base):
     [job] = os.listdir(Layout.at(base).done)
     return json.loads((Layout.at(base).done / job / "job.json").read_text())
@@ -85,7 +104,9 @@ def test_pause_checkpoints_at_a_step_and_resume_equals_uninterrupted(tmp_path, t
     write_jsonl(base / "inbox" / "k.jsonl", rows())
     with daemon(base) as d:
         wait_for(lambda: (progress(base) or {}).get("step", 0) >= 6, what="step 6")
-        cli("pause", "--base-dir", base, "--reason", "test")
+        with frozen_worker(base) as asked:
+            cli("pause", "--base-dir", base, "--reason", "test")
+            asked("paused")
         job = active_dir(base)
         wait_for(lambda: json.loads((job / "job.json").read_text())["attempts"][-1].get("outcome") == "stopped",
                  what="worker stopped")
@@ -214,7 +235,9 @@ def test_skip_hits_only_the_job_that_was_active(tmp_path, tiny_model):
     write_jsonl(base / "inbox" / "a.jsonl", rows())
     with daemon(base) as d:
         wait_for(lambda: (progress(base) or {}).get("step", 0) >= 2, what="step 2")
-        cli("skip", "--base-dir", base, "--reason", "wrong file")
+        with frozen_worker(base) as asked:
+            cli("skip", "--base-dir", base, "--reason", "wrong file")
+            asked("skip")
         write_jsonl(base / "inbox" / "b.jsonl", chat_rows(8))
         wait_for(lambda: len(os.listdir(Layout.at(base).done)) == 1, what="second job done")
         cli("stop", "--base-dir", base)
@@ -346,18 +369,11 @@ def test_a_higher_priority_job_preempts_at_a_step_and_the_preempted_one_resumes_
     write_jsonl(base / "inbox" / "k.jsonl", rows())
     with daemon(base) as d:
         wait_for(lambda: (progress(base) or {}).get("step", 0) >= 6, what="step 6")
-        # Frozen while the urgent job is queued and the daemon decides to preempt: on a busy
-        # machine the 42 steps left could otherwise end before the daemon looks (CI saw it).
-        # The SIGTERM it sends waits, pending, until SIGCONT; the worker then stops at a step.
-        worker = json.loads((active_dir(base) / "job.json").read_text())["attempts"][-1]["pid"]
-        os.kill(worker, signal.SIGSTOP)
-        try:
+        with frozen_worker(base) as asked:
             urgent = write_jsonl(tmp_path / "urgent.jsonl", chat_rows(8, "urgent"))
             out = cli("queue", "add", urgent, "--priority", "high", "--base-dir", base).stdout
             high = out.split("queued ", 1)[1].split()[0]
-            wait_for(lambda: f"(preempted by {high})" in daemon_log(base), what="the daemon to preempt")
-        finally:
-            os.kill(worker, signal.SIGCONT)
+            asked(f"preempted by {high}")
         wait_for(lambda: len(os.listdir(layout.done)) == 2, what="both jobs done", timeout=600)
         cli("stop", "--base-dir", base)
         assert d.wait(60) == 0, daemon_log(base)
