@@ -15,7 +15,11 @@ a fresh worker; gap: attempt end recorded -> next attempt start recorded).
 
 Models: `tiny` is worker/tiny.py's (hidden 64, 2 layers, ~175K parameters, warmed);
 `mid` is the same tokenizer on a random-init Qwen2 of hidden 512, 8 layers (~30M
-parameters), a model whose load is not free. Replay is off (it adds examples to the N-file
+parameters), a model whose load is not free; `qwen0.5b` is bench/_qwen.py's random-init
+model with Qwen2.5-0.5B's shapes (494M parameters, fp32 as the CPU trains it), with short
+examples (3-20 words a turn, as bench/realsize.py's):
+
+    .venv/bin/python bench/per_job.py --model qwen0.5b --files 4 --examples 8 --repeat 1 Replay is off (it adds examples to the N-file
 run only) and the server is off; everything else is the default config.
 """
 
@@ -52,7 +56,8 @@ fraction = 0
 recall_examples = {recall}
 """
 MODELS = {"tiny": {"hidden_size": 64, "layers": 2, "warm_steps": 40},
-          "mid": {"hidden_size": 512, "layers": 8, "warm_steps": 0}}
+          "mid": {"hidden_size": 512, "layers": 8, "warm_steps": 0},
+          "qwen0.5b": {}}
 WORKER_SPANS = ("imports", "resolve", "tokenizer", "data", "model_load", "parent_scores",
                 "trainer_setup", "train", "candidate_scores", "publish")
 
@@ -112,12 +117,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="trainerd-perjob-"))
     try:
         model = tmp / "model"
-        build_tiny_model(model, **MODELS[a.model])
-        toml = TOML.format(threads=a.threads, warm_jobs=a.warm_jobs if a.warm_jobs is not None else 8,
-                           recall=a.recall_examples)
+        if a.model == "qwen0.5b":
+            import _qwen
+
+            _qwen.build(model, _qwen.QWEN25_05B, dtype="float32")
+        else:
+            build_tiny_model(model, **MODELS[a.model])
+        toml = TOML.format(threads=a.threads, warm_jobs=a.warm_jobs, recall=a.recall_examples)
         if a.warm_jobs is None:
-            toml = toml.replace("warm_jobs = 8\n", "")
-        rows = chat_rows(a.files * a.examples, seed=3)
+            toml = toml.replace("warm_jobs = None\n", "")
+        rows = chat_rows(a.files * a.examples, seed=3, **({"lo": 3, "hi": 20} if a.model == "qwen0.5b" else {}))
         many = [rows[i * a.examples:(i + 1) * a.examples] for i in range(a.files)]
         best_many, best_one, layout, one = float("inf"), float("inf"), None, None
         for r in range(a.repeat):

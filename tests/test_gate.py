@@ -190,3 +190,36 @@ def recompute(layout: Layout, tiny_model, version: str, job_id: str) -> float:
             nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
             n += int((target != -100).sum())
     return nll / n
+
+
+def test_a_burst_of_small_files_scores_earlier_jobs_on_the_version_it_ends_on(tmp_path, tiny_model):
+    """eval.recall_budget (issue 19): three files queued at once. v0001 has no earlier job;
+    v0002 (a job still queued behind it, too little trained for the budget) is scored on its
+    own job's sample only, and its verdict says so; v0003, with nothing queued, gets the full
+    row, and job 1's "before" is v0001's score (v0002 never measured it), recomputed here."""
+    base = make_base(tmp_path / "b", tiny_model, CFG + "[queue]\nsettle_seconds = 0\n[replay]\nfraction = 0\n")
+    layout = Layout.at(base)
+    for name, seed in (("one", "p"), ("two", "q"), ("three", "r")):
+        write_jsonl(base / "inbox" / f"{name}.jsonl", chat_rows(8, seed))
+    cli("run", "--base-dir", base, "--once")
+    ids = [done_meta(layout, f"{n}.jsonl")["id"] for n in ("one", "two", "three")]
+    v1, v2, v3 = (manifest(layout, v) for v in ("v0001", "v0002", "v0003"))
+    assert [m["jobs"][0]["id"] for m in (v1, v2, v3)] == ids
+    assert set(v1["scores"]["recall"]) == {ids[0]} and v1["scores"]["recall_schedule"]["row"] == "own"
+    s2 = v2["scores"]["recall_schedule"]
+    assert set(v2["scores"]["recall"]) == {ids[1]} and s2["row"] == "own" and s2["waiting"] == 1
+    assert s2["cost_tokens"] > s2["credit_tokens"] > 0  # a quarter of two jobs' tokens < job 1's sample
+    assert "earlier jobs not scored: 1 job(s) queued" in v2["gate"]["verdict"]
+    s3 = v3["scores"]["recall_schedule"]
+    assert set(v3["scores"]["recall"]) == set(ids) and (s3["row"], s3["why"], s3["waiting"]) == \
+        ("full", "nothing queued", 0)
+    before = v3["parent_scores"]
+    assert before["recall"][ids[0]] == v1["scores"]["recall"][ids[0]]  # its last score, not a new forward
+    assert before["recall"][ids[1]] == v2["scores"]["recall"][ids[1]]
+    assert before["recall_from"] == {ids[0]: "v0001"}  # the parent's own scores need no note
+    assert v3["scores"]["recall"][ids[0]] == pytest.approx(recompute(layout, tiny_model, "v0003", ids[0]),
+                                                           rel=1e-4)
+    assert v3["gate"]["measured"]["recall_loss_change"] == pytest.approx(
+        (v3["scores"]["recall"][ids[0]] + v3["scores"]["recall"][ids[1]])
+        / (v1["scores"]["recall"][ids[0]] + v2["scores"]["recall"][ids[1]]) - 1, abs=1e-4)
+    assert "notes" not in v3["gate"]

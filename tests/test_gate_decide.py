@@ -47,3 +47,18 @@ def test_an_override_of_a_held_version_off_its_parent_needs_force():
     why = override_problem(man, "v0002", "v0003", force=False)
     assert why and "--force" in why and "v0001" in why and "v0003" in why
     assert override_problem(man, "v0002", "v0003", force=True) is None
+
+
+def test_recall_against_older_scores_names_them_and_an_own_row_says_why():
+    """eval.recall_budget: an earlier job's "before" may be an older version's score (its
+    parent_scores.recall_from); a version scored on its own job only says so in its verdict."""
+    cfg = GateConfig(mode="block")
+    parent = {**scores(recall={"j0": 1.0, "j1": 1.0}), "recall_from": {"j0": "v0003"}}
+    g = decide(cfg, scores(recall={"j0": 1.3, "j1": 1.3, "j2": 0.1}), parent, "v0005")
+    assert g["verdict"] == "held: recall loss +30 % on 2 earlier job(s) vs their last scores (v0003, v0005)"
+    sched = {"row": "own", "why": "2 job(s) queued: scored when nothing waits", "cost_tokens": 400}
+    g = decide(cfg, {**scores(recall={"j2": 0.1}), "recall_schedule": sched}, parent, "v0005")
+    assert g["action"] == "current" and "recall_loss_change" not in g["measured"]
+    assert g["verdict"] == "passed (vs v0005); earlier jobs not scored: 2 job(s) queued: scored when nothing waits"
+    first = {**scores(), "recall_schedule": {"row": "own", "why": "no earlier job's sample", "cost_tokens": 0}}
+    assert decide(cfg, first, scores(), "base")["verdict"] == "passed (vs base)"  # nothing to say

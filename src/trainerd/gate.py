@@ -71,8 +71,16 @@ def decide(cfg: GateConfig, cand: dict[str, Any], parent: dict[str, Any], parent
         old = sum(parent["recall"][j] for j in common) / len(common)
         r = _rel(new, old)
         measured["recall_loss_change"] = round(r, 4)
+        # An earlier job's "before" may be an older ancestor's score (eval.recall_budget):
+        # then the change is all the forgetting since that version, and the verdict names it.
+        came = parent.get("recall_from") or {}
+        since = sorted({came.get(j, parent_name) for j in common})
         if r > cfg.max_recall_regression:
-            reasons.append(f"recall loss {r * 100:+.0f} % on {len(common)} earlier job(s) vs {parent_name}")
+            reasons.append(f"recall loss {r * 100:+.0f} % on {len(common)} earlier job(s) vs "
+                           + (parent_name if since == [parent_name] else f"their last scores ({', '.join(since)})"))
+    sched = cand.get("recall_schedule") or {}
+    notes = [f"earlier jobs not scored: {sched.get('why')}"] if sched.get("row") == "own" and \
+        sched.get("cost_tokens") else []
     result = "fail" if reasons else "unknown" if unknown else "pass" if measured else "none"
     # "none": nothing to compare yet (no probe set, no earlier job's sample): not a failure
     action = ("current" if cfg.mode == "off" or result in ("pass", "none")
@@ -81,7 +89,8 @@ def decide(cfg: GateConfig, cand: dict[str, Any], parent: dict[str, Any], parent
     why = "; ".join(reasons or [f"unknown ({u})" for u in unknown])
     return {"mode": cfg.mode, "result": result, "action": action, "parent": parent_name,
             "reasons": reasons, "unknown": unknown, "measured": measured, "at": time.time(),
-            "verdict": f"{word}: {why}" if why else f"{word} (vs {parent_name})"}
+            **({"notes": notes} if notes else {}),
+            "verdict": (f"{word}: {why}" if why else f"{word} (vs {parent_name})") + "".join(f"; {n}" for n in notes)}
 
 
 def preempted_hold(parent: str, current: str, current_jobs: list[str], preempted_by: str | None,

@@ -68,8 +68,9 @@ class TrainConfig(_Section):
     max_host_memory_gb: float = Field(
         0, ge=0, description="worker RSS ceiling; above it the micro-batch is halved (0 = off)"
     )
-    warm_jobs: int = Field(8, ge=1, le=10000, description="jobs one worker process may train in a row, the model "
-                           "kept loaded (trainerd.worker.warm); 1 = a fresh process for every job")
+    warm_jobs: int = Field(100, ge=1, le=10000, description="jobs one worker process may train in a row, the "
+                           "model kept loaded (trainerd.worker.warm; it also retires when its memory grows by "
+                           "25 %); 1 = a fresh process for every job")
     nproc: int = Field(1, ge=1, le=1024, description="processes per node; above 1 the worker runs under torchrun")
     torchrun_args: list[str] = Field(
         default_factory=list, description="extra torchrun arguments, e.g. ['--nnodes=2', "
@@ -179,6 +180,10 @@ class EvalConfig(_Section):
     recall_examples: int = Field(32, ge=0, description="fixed sample of each job's own examples kept to "
                                  "measure forgetting (a copy; still trained); 0 = no forgetting matrix")
     recall_jobs: int = Field(8, ge=0, description="each new version is scored on the last N jobs' recall samples")
+    recall_budget: float = Field(
+        0.25, ge=0, description="while jobs wait, scoring the earlier jobs' samples may cost this fraction of "
+        "the tokens the line trains; with nothing queued a version is always scored on all of them "
+        "(docs/EVALS.md)")
     group_by: list[str] = Field(default_factory=list, description="tag keys (top level, then under "
                                 "`metadata`) whose values get their own scores, e.g. ['skill']")
 

@@ -9,9 +9,23 @@ line (trainerd.worker.recall); the losses are in its manifest:
   parent_scores.recall   {job: loss of the parent on it}, including the new job itself:
                          its "before" (cached from the parent's manifest when it has them)
 
+  parent_scores.recall_from {job: version} where the "before" of an earlier job is not the
+                         parent's but an older ancestor's (see the schedule below)
+
 Backward transfer of a version: the mean, over the earlier jobs it was scored on, of
-(parent's loss - this version's loss). Negative means it forgot (the loss on old jobs
-rose); positive, that it helped them. The job's own gain is before - R[v][own job].
+(before - this version's loss). Negative means it forgot (the loss on old jobs rose);
+positive, that it helped them. The job's own gain is before - R[v][own job].
+
+The schedule (`eval.recall_budget`, docs/EVALS.md). Every version is scored on its own
+job's sample (so is its parent, before training): that costs what training the job's
+examples costs, whatever the file sizes. Scoring the earlier jobs' samples is what a burst
+of small files would pay again and again (8 samples a version for a file of 8 examples), so
+a version gets that full row when nothing waits in the queue (the version the line rests
+on is always checked) or when the line has trained enough since the last full row: each
+version adds budget x its trained tokens to a credit, and a full row costs the tokens of
+the earlier samples. Between full rows an earlier job's "before" is its last score on the
+parent's chain, so a full row measures all the forgetting since then, and the gate
+compares like with like (the same samples, through the versions in between).
 """
 
 from __future__ import annotations
@@ -64,6 +78,47 @@ def window(layout: Layout, parent: str | None, job_id: str, n: int) -> list[str]
     line (its own job included) that have a recall sample."""
     jobs = [j for j in line_jobs(layout, parent) if j != job_id] + [job_id]
     return [j for j in jobs if recall_path(layout, j).is_file()][-n:] if n else []
+
+
+def last_scores(layout: Layout, parent: str | None, jobs: list[str]) -> dict[str, tuple[float, str]]:
+    """For each of `jobs`, its newest recall loss on the chain from `parent` back to the
+    base, with the version that has it: what a new version is compared with on that job."""
+    out: dict[str, tuple[float, str]] = {}
+    seen: set[str] = set()
+    name = parent
+    while name and name != "base" and name not in seen and len(out) < len(jobs):
+        seen.add(name)
+        man = _man(layout, name)
+        if man is None:
+            break
+        recall = (man.get("scores") or {}).get("recall") or {}
+        for j in jobs:
+            if j not in out and isinstance(recall.get(j), (int, float)):
+                out[j] = (float(recall[j]), name)
+        name = man.get("parent")
+    return out
+
+
+def credit_of(man: dict[str, Any] | None) -> float:
+    """The scoring credit a version leaves its children (tokens), 0 when it has none."""
+    c = (((man or {}).get("scores") or {}).get("recall_schedule") or {}).get("credit_tokens")
+    return float(c) if isinstance(c, (int, float)) and c >= 0 else 0.0
+
+
+def full_row(credit: float, trained_tokens: int, cost_tokens: int, budget: float, waiting: int
+             ) -> tuple[bool, float, str]:
+    """Whether a new version is scored on the earlier jobs' samples too (the schedule above).
+    `credit`: its parent's (tokens); `trained_tokens`: its job's; `cost_tokens`: of the
+    earlier samples; `waiting`: jobs queued behind it. Returns (full, credit left, why)."""
+    have = credit + budget * max(0, trained_tokens)
+    if cost_tokens <= 0:
+        return False, have, "no earlier job's sample"
+    if not waiting:
+        return True, max(0.0, have - cost_tokens), "nothing queued"
+    if have >= cost_tokens:
+        return True, have - cost_tokens, f"{have:.0f} tokens of credit cover the {cost_tokens}"
+    later = f", or once the line has trained {(cost_tokens - have) / budget:.0f} more tokens" if budget else ""
+    return False, have, f"{waiting} job(s) queued: scored when nothing waits{later} (eval.recall_budget)"
 
 
 def version_of_job(layout: Layout, job_id: str) -> tuple[str, dict[str, Any]] | None:

@@ -227,49 +227,69 @@ def example_losses(model: Any, examples: list[tuple[list[int], list[int]]],
     """(summed token NLL, scored tokens) per example, in order, until out_of_time() says stop.
     The caller holds isolated(model). No padding to get wrong: one example per forward, or
     (`packed`, for a model that trains on packed rows) consecutive examples end to end in
-    one row of at most PACKED_LOGITS // vocab tokens, so that the logits stay as small as
-    one long example's would (a batch x a large vocabulary would not fit beside training).
-    One forward per example was most of a small job's eval time (bench/per_job.py)."""
+    one row of at most ROW_TOKENS tokens and PACKED_LOGITS logits, so that the logits stay
+    as small as one long example's would (a batch x a large vocabulary would not fit beside
+    training). Logits only where a scored token is predicted, as training computes them
+    (worker/collate.py): on a 151,936-id vocabulary the prompt's logits were a third of the
+    eval's time. One forward per example was most of a small job's eval time (bench/per_job.py)."""
+    from trainerd.worker.collate import keeps_logits
+
     device = next(model.parameters()).device
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
-    row_tokens = PACKED_LOGITS // vocab if packed and vocab else 0
+    trim = packed and keeps_logits(model)
+    row_logits = PACKED_LOGITS // vocab if packed and vocab else 0
+
+    def logits(ex: tuple[list[int], list[int]]) -> int:
+        return sum(1 for m in ex[1][1:] if m) if trim else len(ex[0])
+
     out: list[tuple[float, int]] = []
     i = 0
     while i < len(examples) and not out_of_time():
-        j, tokens = i + 1, len(examples[i][0])
-        while j < len(examples) and tokens + len(examples[j][0]) <= row_tokens:
-            tokens += len(examples[j][0])
+        j, tokens, kept = i + 1, len(examples[i][0]), logits(examples[i])
+        while j < len(examples) and tokens + len(examples[j][0]) <= ROW_TOKENS and \
+                kept + logits(examples[j]) <= row_logits:
+            tokens, kept = tokens + len(examples[j][0]), kept + logits(examples[j])
             j += 1
-        if j - i == 1:
+        if j - i == 1 and not trim:
             out.append(example_nll(model, *examples[i], device))
         else:
-            out.extend(packed_nll(model, examples[i:j], device))
+            out.extend(packed_nll(model, examples[i:j], device, trim))
         heartbeat.progress()  # a long probe set is work, not a stall (trainerd.stall)
         i = j
     return out
 
 
 PACKED_LOGITS = 2**25  # logits elements of one packed eval row: 128 MiB in fp32
+ROW_TOKENS = 4096  # tokens of one packed eval row: bounds the activations and the attention mask
 
 
-def packed_nll(model: Any, examples: list[tuple[list[int], list[int]]], device: Any) -> list[tuple[float, int]]:
+def packed_nll(model: Any, examples: list[tuple[list[int], list[int]]], device: Any,
+               trim: bool = False) -> list[tuple[float, int]]:
     """example_nll of each example, from one forward of them packed in one row: position
     ids restart at every example, as in the packed training batches, so no token attends
-    across examples (the attention implementations that train on packed rows split them)."""
+    across examples (the attention implementations that train on packed rows split them).
+    `trim`: the model computes logits only at the positions that predict a scored token."""
     ids = torch.tensor([[t for e, _ in examples for t in e]], device=device)
     pos = torch.tensor([[p for e, _ in examples for p in range(len(e))]], device=device)
-    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0].float()
-    out: list[tuple[float, int]] = []
-    start = 0
-    for e, mask in examples:
-        target = torch.tensor([t if m else -100 for t, m in zip(e[1:], mask[1:], strict=True)],
-                              dtype=torch.long, device=device)
-        n = int((target != -100).sum())
-        nll = torch.nn.functional.cross_entropy(logits[start:start + len(e) - 1], target,
-                                                ignore_index=-100, reduction="sum") if n else 0.0
-        out.append((float(nll), n))
-        start += len(e)
-    return out
+    # Position k predicts token k + 1: its target, or -100 where that token is not scored
+    # (and at each example's last token, which predicts the next example's first).
+    targets = [t if m else -100 for e, mask in examples for t, m in zip([*e[1:], 0], [*mask[1:], 0], strict=True)]
+    target = torch.tensor(targets, dtype=torch.long, device=device)
+    keep = torch.nonzero(target != -100).flatten()
+    if trim:
+        if not len(keep):
+            return [(0.0, 0)] * len(examples)
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep).logits[0].float()
+        target = target[keep]
+    else:
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0].float()
+    nll = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="none")
+    # Each position's NLL to its example: the kept (or all) positions in order, per example.
+    owner = torch.tensor([k for k, (e, _) in enumerate(examples) for _ in e], device=device)
+    owner = owner[keep] if trim else owner
+    sums = torch.zeros(len(examples), dtype=nll.dtype, device=device).index_add_(0, owner, nll)
+    counts = torch.bincount(owner[target != -100], minlength=len(examples))
+    return [(float(s), int(n)) for s, n in zip(sums.tolist(), counts.tolist(), strict=True)]
 
 
 def _scores(per: list[tuple[float, int]], samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,7 +9,10 @@ states put back), so scoring never changes what is trained.
 - probe: the probe set's scores (evals.evaluate), reusing the end-of-job eval of this
   attempt when it is complete;
 - recall: loss on the recall samples (models/recall/<job>.jsonl) of the last
-  eval.recall_jobs jobs of the line, the job's own included (trainerd.line.forgetting).
+  eval.recall_jobs jobs of the line: the job's own always; the earlier jobs' when the
+  schedule (eval.recall_budget, trainerd.line.forgetting) says this version gets a full
+  row. An earlier job's "before" is its newest score on the parent's chain, not a new
+  forward of the parent: the parent is only scored on what nothing has scored yet.
 
 A scoring error or time-out is written down as the gate's `problem` (result "unknown"),
 never a pass.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -27,10 +31,11 @@ from typing import Any
 from trainerd import atomic, gate
 from trainerd.config import Config
 from trainerd.formats import iter_records
-from trainerd.jobs import DATA, JobMeta
+from trainerd.inbox import ignored_because
+from trainerd.jobs import DATA, JobMeta, token_counts
 from trainerd.line import forgetting
 from trainerd.line.refs import ModelRef
-from trainerd.paths import Layout
+from trainerd.paths import PRIORITIES, Layout
 from trainerd.worker import evals
 
 log = logging.getLogger("trainerd.worker.recall")
@@ -64,6 +69,18 @@ def write_sample(layout: Layout, job_dir: Path, meta: JobMeta, n: int) -> Path |
     return dest
 
 
+def waiting_jobs(layout: Layout) -> int:
+    """Jobs queued behind this one, and files in the inbox about to be: the work a full
+    recall row would delay (read-only; the queue's own module is the daemon's)."""
+    n = 0
+    for d in [*(layout.queued(p) for p in PRIORITIES), layout.inbox]:
+        try:
+            n += sum(1 for e in os.scandir(d) if ignored_because(e.name) is None)
+        except OSError:
+            continue
+    return n
+
+
 def _probe_part(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -78,7 +95,7 @@ class Scorer:
 
     def __init__(self, layout: Layout, cfg: Config, meta: JobMeta, parent: ModelRef, tokenizer: Any,
                  job_dir: Path, probe: evals.Probe | None):
-        self.cfg, self.meta, self.parent, self.job_dir = cfg, meta, parent, job_dir
+        self.layout, self.cfg, self.meta, self.parent, self.job_dir = layout, cfg, meta, parent, job_dir
         self.tokenizer, self.probe = tokenizer, probe
         self.problem: str | None = None
         self.parent_scores: dict[str, Any] = {"parent": parent.version, "probe": None, "recall": {}}
@@ -134,19 +151,21 @@ class Scorer:
                 return saved
         except (OSError, ValueError, KeyError, AttributeError):
             pass
-        cached = self.parent.manifest.get("scores") or {}
-        probe = cached.get("probe")
+        probe = (self.parent.manifest.get("scores") or {}).get("probe")
+        name = None if self.parent.version == "base" else self.parent.version
+        last = forgetting.last_scores(self.layout, name, list(self.sets))
+        recall = {j: loss for j, (loss, _) in last.items()}
+        came_from = {j: v for j, (_, v) in last.items() if v != self.parent.version}
         try:
             if self.probe is not None and not (probe and probe.get("complete") and probe.get("sha") == self.probe.sha):
                 probe = self._probe(model)
-            recall = {j: v for j, v in (cached.get("recall") or {}).items() if j in self.sets and v is not None}
-            recall.update(self._recall(model, [j for j in self.sets if j not in recall]))
+            recall.update(self._recall(model, [j for j in self.sets if j not in recall]))  # the own job, mostly
         except Exception as e:  # e.g. CUDA OOM: the gate says unknown, training goes on
             log.warning("scoring the parent %s failed", self.parent.version, exc_info=True)
             self.problem = f"scoring {self.parent.version} failed: {type(e).__name__}: {e}"
-            probe, recall = None, {}
+            probe, recall, came_from = None, {}, {}
         self.parent_scores = {"parent": self.parent.version, "probe": probe if self.probe else None,
-                              "recall": recall}
+                              "recall": recall, **({"recall_from": came_from} if came_from else {})}
         if self.problem is None:
             atomic.write_json(path, self.parent_scores)
         return self.parent_scores
@@ -158,17 +177,34 @@ class Scorer:
             if self.probe is not None and not (probe and probe["complete"]):
                 probe = self._probe(model)
             self.recall_groups = {}
-            recall = self._recall(model, list(self.sets))
+            schedule = self._schedule() if self.sets else None  # None: eval.recall_examples = 0
+            recall = self._recall(model, [j for j in self.sets if (schedule or {}).get("row") == "full"
+                                          or j == self.meta.id])
         except Exception as e:
             log.warning("scoring the new version failed", exc_info=True)
             self.problem = self.problem or f"scoring the new version failed: {type(e).__name__}: {e}"
-            probe, recall = None, {}
+            probe, recall, schedule = None, {}, None
         scores = {"probe": probe if self.probe else None, "recall": recall,
-                  **({"recall_groups": self.recall_groups} if self.recall_groups else {})}
+                  **({"recall_groups": self.recall_groups} if self.recall_groups else {}),
+                  **({"recall_schedule": schedule} if schedule else {})}
         cand = {**scores, "job": self.meta.id}
         g = gate.decide(self.cfg.gate, cand, self.parent_scores, self.parent.version, self.problem)
         log.info("gate (%s): %s", g["mode"], g["verdict"])
         return {"scores": scores, "parent_scores": self.parent_scores, "gate": g}
+
+    def _schedule(self) -> dict[str, Any]:
+        """Whether this version is scored on the earlier jobs' samples (a full row) or on
+        its own job's alone, by trainerd.line.forgetting.full_row."""
+        earlier = [j for j in self.sets if j != self.meta.id]
+        cost = sum(len(ids) for j in earlier for ids, _ in self.sets[j].examples)
+        trained = (token_counts(self.job_dir) or {}).get("tokens", 0)
+        waiting = waiting_jobs(self.layout)
+        full, credit, why = forgetting.full_row(forgetting.credit_of(self.parent.manifest), trained, cost,
+                                                self.cfg.eval.recall_budget, waiting)
+        if earlier:
+            log.info("recall: %s (%s)", f"all {len(earlier) + 1} jobs' samples" if full else "own sample only", why)
+        return {"row": "full" if full else "own", "why": why, "credit_tokens": round(credit),
+                "cost_tokens": cost, "trained_tokens": trained, "waiting": waiting}
 
 
 def start(layout: Layout, cfg: Config, meta: JobMeta, parent: ModelRef, tokenizer: Any, job_dir: Path,
