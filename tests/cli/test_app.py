@@ -18,7 +18,10 @@ def test_version_completion_and_gc_help():
     assert cli("--version").stdout.strip() == f"trainerd {__version__}"
     helptext = cli("--help").stdout
     assert "--install-completion" in helptext and "--show-completion" in helptext
-    p = subprocess.run([str(ENTRY), "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, COLUMNS="200"))
+    # From a shell, as an operator runs it: typer finds the shell among its ancestors
+    # (shellingham), which a test run in the background (its parent gone) does not have.
+    # `; exit $?` keeps bash from exec'ing the command, so bash stays its parent.
+    p = subprocess.run(["bash", "-c", f"'{ENTRY}' --show-completion; exit $?"], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, COLUMNS="200"))
     assert p.returncode == 0 and "_TRAINERD_COMPLETE" in p.stdout, p.stdout + p.stderr
     assert "Apply [retention]:" in cli("gc", "--help", env=dict(os.environ, COLUMNS="200")).stdout
