@@ -230,7 +230,7 @@ def example_losses(model: Any, examples: list[tuple[list[int], list[int]]],
     one row of at most ROW_TOKENS tokens and PACKED_LOGITS logits, so that the logits stay
     as small as one long example's would (a batch x a large vocabulary would not fit beside
     training). Logits only where a scored token is predicted, as training computes them
-    (worker/collate.py): on a 151,936-id vocabulary the prompt's logits were a third of the
+    (worker/collate.py): on a 151,936-id vocabulary the prompt's logits were a quarter of the
     eval's time. One forward per example was most of a small job's eval time (bench/per_job.py)."""
     from trainerd.worker.collate import keeps_logits
 
