@@ -218,7 +218,7 @@ def _attempt(job_dir: Path, layout: Layout, stop: StopFlag, carry: Carry | None 
         # Out of space mid-write (any library's way of saying so) is DISK_LOW: whatever was
         # half-written stays under a temp name and is discarded on the next start, and the
         # daemon pauses itself until space returns.
-        return _crash(job_dir, e)
+        return _crash(job_dir, e, layout)
 
 
 def _disk_full(e: BaseException) -> bool:
@@ -234,10 +234,34 @@ def _disk_full(e: BaseException) -> bool:
     return False
 
 
-def _crash(job_dir: Path, e: BaseException) -> int:
-    if _disk_full(e):  # a full disk is a pause, not a failed attempt
-        log.error("disk full: %s", e)
-        _report(job_dir, "disk_low", f"the disk filled up while writing: {e}")
+def _failed_on_a_low_disk(e: BaseException, job_dir: Path, layout: Layout) -> str | None:
+    """The daemon's own disk reading, when an error that may be a write's met a job dir below
+    its pause threshold: torch.save says a full disk with no errno and no words for it
+    (RuntimeError "[enforce fail at inline_container.cc] unexpected pos ...", from "basic_ios::
+    clear: iostream error": Trainer's optimizer.pt at a checkpoint, disk campaign seed 1213).
+    Below that threshold the daemon pauses anyway; the attempt must not count as a crash."""
+    if not isinstance(e, (OSError, RuntimeError)) or _is_oom(e):
+        return None
+    from trainerd import guards
+    from trainerd.config import DiskConfig, load_config
+
+    try:
+        disk = load_config(layout.config).disk
+    except Exception:  # the attempt is failing already; the defaults still say what is low
+        disk = DiskConfig()
+    try:
+        r = guards.reading(job_dir, disk)
+    except OSError:
+        return None
+    return r.message() if r.low else None
+
+
+def _crash(job_dir: Path, e: BaseException, layout: Layout | None = None) -> int:
+    low = "" if _disk_full(e) else _failed_on_a_low_disk(e, job_dir, layout) if layout else None
+    if low is not None:  # a full disk is a pause, not a failed attempt
+        why = f"the disk filled up while writing: {e}" + (f" ({low})" if low else "")
+        log.error("disk full: %s", why)
+        _report(job_dir, "disk_low", why)
         return int(ExitCode.DISK_LOW)
     tb = traceback.format_exc()
     log.error("worker failed:\n%s", tb)
