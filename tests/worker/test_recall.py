@@ -81,3 +81,22 @@ def test_a_scoring_that_times_out_is_an_unknown_gate_result_not_a_pass(tmp_path,
     out = scorer.after(model, None)
     assert out["gate"]["result"] == "unknown" and out["gate"]["action"] == "held"
     assert "timed out" in out["gate"]["verdict"] and out["scores"]["recall"] == {meta.id: None}
+
+
+def test_waiting_work_is_what_the_daemon_would_take_in_or_claim(tmp_path):
+    """The recall schedule's `waiting`: queued jobs and delivered inbox files; not an empty
+    inbox/high/, a file still being delivered, or one rejected in place (its note beside it)."""
+    from trainerd.inbox import note_path
+    from trainerd.worker.recall import waiting_jobs
+
+    layout = Layout.at(tmp_path / "base")
+    layout.ensure()
+    (layout.inbox / "high").mkdir()
+    (layout.inbox / ".coming.jsonl").write_text("{}\n")
+    bad = layout.inbox / "bad.jsonl"
+    bad.write_text("not json\n")
+    note_path(bad).write_text("{}")
+    assert waiting_jobs(layout) == 0
+    (layout.inbox / "high" / "next.jsonl").write_text("{}\n")
+    (layout.queued("normal") / "20261201T000000-000009-q").mkdir()
+    assert waiting_jobs(layout) == 2

@@ -20,18 +20,17 @@ never a pass.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
-import os
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-from trainerd import atomic, gate
+from trainerd import atomic, dircache, gate, inbox
 from trainerd.config import Config
 from trainerd.formats import iter_records
-from trainerd.inbox import ignored_because
 from trainerd.jobs import DATA, JobMeta, token_counts
 from trainerd.line import forgetting
 from trainerd.line.refs import ModelRef
@@ -70,15 +69,16 @@ def write_sample(layout: Layout, job_dir: Path, meta: JobMeta, n: int) -> Path |
 
 
 def waiting_jobs(layout: Layout) -> int:
-    """Jobs queued behind this one, and files in the inbox about to be: the work a full
-    recall row would delay (read-only; the queue's own module is the daemon's)."""
+    """Jobs queued behind this one, and inbox files about to be: the work a full recall row
+    would delay. Read-only, by the rules the daemon uses (the queue's module is its own):
+    the inbox's delivery rules, so that inbox/high/ and files rejected in place (a note
+    beside them) are not work."""
     n = 0
-    for d in [*(layout.queued(p) for p in PRIORITIES), layout.inbox]:
-        try:
-            n += sum(1 for e in os.scandir(d) if ignored_because(e.name) is None)
-        except OSError:
-            continue
-    return n
+    for p in PRIORITIES:
+        with contextlib.suppress(OSError):
+            n += dircache.count(layout.queued(p))
+    entries = inbox.scan(layout.inbox, lambda _d, _e: None)
+    return n + sum(1 for e in entries if not e.too_deep and not inbox.note_path(e.path).exists())
 
 
 def _probe_part(row: dict[str, Any] | None) -> dict[str, Any] | None:
